@@ -1,0 +1,58 @@
+"""The monitored value shared by early stopping, LR-on-plateau and checkpointing."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+_MAX_WORDS = ("accuracy", "acc", "auc", "r2", "precision", "recall", "f1", "iou", "dice")
+_MIN_WORDS = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
+
+
+class DefaultMonitor(str):
+    """The default monitor name: `"val_loss"`, which falls back to `"loss"` without validation data."""
+
+
+VAL_LOSS = DefaultMonitor("val_loss")
+
+
+def infer_mode(monitor: str, mode: str) -> str:
+    """"min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+    words = monitor.lower().removeprefix("val_").removeprefix("test_")
+    if any(w in words for w in _MAX_WORDS):
+        return "max"
+    if any(w in words for w in _MIN_WORDS):
+        return "min"
+    raise ValueError(
+        f"cannot tell whether monitor={monitor!r} should be minimized or maximized: pass mode='min' or mode='max'"
+    )
+
+
+def resolve_monitor(trainer: "Trainer", monitor: str, owner: str) -> str:
+    """Checks that `monitor` will be logged; the default `val_loss` falls back to `loss` with a note."""
+    available = trainer.log_names
+    if monitor in available:
+        return monitor
+    if isinstance(monitor, DefaultMonitor) and "val_" + "loss" not in available and "loss" in available:
+        print(f"gradloop: {owner} monitors 'loss' (no validation data was given for the default 'val_loss')", file=sys.stderr)
+        return "loss"
+    raise ValueError(f"{owner} monitors {str(monitor)!r}, which is not logged; available: {', '.join(available)}")
+
+
+def is_improvement(current: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
+    """Keras's rule: better than `best` by more than `min_delta`; NaN never improves."""
+    if math.isnan(current):
+        return False
+    delta = abs(min_delta)
+    return current < best - delta if mode == "min" else current > best + delta
+
+
+def worst(mode: str) -> float:
+    return math.inf if mode == "min" else -math.inf

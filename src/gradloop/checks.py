@@ -1,0 +1,117 @@
+"""Checks run before the first step: does the model's output fit the targets and the loss?"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .data import Batches, TensorBatches
+from .losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
+from .metrics import Metric
+
+
+def _shape(t: Any) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+class eval_mode:
+    """Puts every module in eval mode and restores each module's own mode afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        for module, training in self.modes:
+            module.training = training
+
+
+def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None,
+                          metrics: Sequence[Metric], role: str = "train") -> None:
+    """Runs the model in eval mode on two samples and checks outputs against targets and loss.
+
+    Draws no random numbers and changes no state. Raises ValueError naming the problem and the fix.
+    """
+    sample = batches.peek(2)
+    if sample is None:
+        return
+    inputs, targets = sample
+    with torch.inference_mode(), eval_mode(model):
+        try:
+            outputs = model(inputs)
+        except Exception as err:  # any failure here is the user's model meeting the user's data
+            raise ValueError(
+                f"the model cannot process the {role} inputs (a batch of shape {_shape(inputs)}): "
+                f"{type(err).__name__}: {_first_line(err)}. Make the model's first layer accept this input shape"
+            ) from err
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(f"the model must return a tensor; it returned {type(outputs).__name__}")
+        check_targets(outputs, targets, loss_name, role)
+        if isinstance(batches, TensorBatches) and batches.targets is not None and loss_name in CLASS_INDEX_LOSSES:
+            check_label_range(outputs.shape[1], batches.targets, role)
+        try:
+            loss = loss_fn(outputs, targets)
+        except Exception as err:
+            raise ValueError(
+                f"the loss cannot compare model outputs {_shape(outputs)} with {role} targets {_shape(targets)}: "
+                f"{type(err).__name__}: {_first_line(err)}"
+            ) from err
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"the loss must return a scalar tensor; it returned {_shape(loss)}: reduce it with .mean()")
+        for metric in metrics:
+            try:
+                metric.batch_sums(outputs, targets, outputs.shape[0])
+            except Exception as err:
+                raise ValueError(
+                    f"metric {metric.name!r} cannot compare model outputs {_shape(outputs)} with targets "
+                    f"{_shape(targets)}: {type(err).__name__}: {_first_line(err)}"
+                ) from err
+
+
+def check_targets(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str) -> None:
+    if loss_name in CLASS_INDEX_LOSSES:
+        if targets.is_floating_point() and targets.shape == outputs.shape:
+            return  # class probabilities
+        if targets.is_floating_point():
+            raise ValueError(
+                f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
+                "convert it with y.long() (or use loss='mse' for regression)"
+            )
+        if outputs.ndim != targets.ndim + 1:
+            raise ValueError(
+                f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
+                f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)"
+            )
+        check_label_range(outputs.shape[1], targets, role)
+    elif loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
+        hint = ""
+        if outputs.numel() == targets.numel():
+            hint = f": reshape y to {tuple(outputs.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(targets.shape)}"
+        raise ValueError(
+            f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
+            f"{role} y is {_shape(targets)}{hint or ': give the model as many outputs as y has columns'}"
+        )
+    if loss_name in ("bce", "bce_with_logits") and not targets.is_floating_point():
+        raise ValueError(f"{loss_name} needs float targets in [0, 1], but {role} y is {_shape(targets)}: use y.float()")
+
+
+def check_label_range(num_classes: int, targets: torch.Tensor, role: str) -> None:
+    if targets.numel() == 0 or targets.is_floating_point():
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{role} labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, but y contains "
+            f"{bad}: give the model {max(high + 1, num_classes)} outputs or map the labels to 0..{num_classes - 1}"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else "(no message)"

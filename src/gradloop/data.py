@@ -1,0 +1,225 @@
+"""Inputs -> batches on the device.
+
+`(X, y)` tensors or arrays are batched in memory by index slicing (no per-sample collation).
+With `seed=None` an in-memory pass consumes the global torch RNG exactly as
+`DataLoader(TensorDataset(X, y), batch_size, shuffle)` does, so a script gives the same batch
+order, and the same numbers afterwards, as its tutorial twin. A `Dataset` is wrapped in a
+`DataLoader`; a `DataLoader` is used as given.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from .devices import to_device
+
+Batch = tuple[Any, Any]
+_CUDA_RESIDENT_FRACTION = 0.25  # in-memory data up to this share of free GPU memory lives on the GPU
+
+
+def _draw_seed() -> int:
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+def as_tensor(array: Any, what: str) -> torch.Tensor:
+    """Numpy float arrays become float32 (torch's default), integer arrays int64 (class labels)."""
+    if isinstance(array, torch.Tensor):
+        return array
+    if isinstance(array, np.ndarray):
+        if array.dtype == object:
+            raise TypeError(f"{what} is a numpy array of Python objects: convert it to numbers first")
+        if np.issubdtype(array.dtype, np.floating):
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        raise TypeError(f"{what} has dtype {array.dtype}, which is not numeric")
+    if isinstance(array, (list, tuple)):
+        return as_tensor(np.asarray(array), what)
+    raise TypeError(f"{what} must be a torch tensor or a numpy array; received {type(array).__name__}")
+
+
+class TensorBatches:
+    """Batches of in-memory tensors: one permutation per epoch, then index slicing."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int, shuffle: bool,
+                 device: torch.device, drop_last: bool = False) -> None:
+        self.num_samples = inputs.shape[0]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.device = device
+        self.inputs, self.targets = self._place(inputs, targets, device)
+        self.non_blocking = device.type == "cuda"
+
+    @staticmethod
+    def _place(inputs: torch.Tensor, targets: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if device.type == "cpu":
+            return inputs, targets
+        nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if nbytes > _CUDA_RESIDENT_FRACTION * free:  # too big to keep on the GPU: stream from pinned memory
+                return inputs.pin_memory(), targets.pin_memory() if targets is not None else None
+        return inputs.to(device), targets.to(device) if targets is not None else None
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def dataset_size(self) -> int:
+        return self.num_samples
+
+    def new_order(self) -> dict[str, Any]:
+        """Draws this epoch's order from the global torch RNG, as a DataLoader iterator would."""
+        _draw_seed()  # the DataLoader iterator's base seed
+        return {"seed": _draw_seed() if self.shuffle else None}
+
+    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
+        index = None
+        if order["seed"] is not None:
+            generator = torch.Generator().manual_seed(order["seed"])
+            index = torch.randperm(self.num_samples, generator=generator)
+            if self.inputs.device != index.device:
+                index = index.to(self.inputs.device)
+        for b in range(start_batch, len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+            if index is None:
+                x = self.inputs[lo:hi]
+                y = self.targets[lo:hi] if self.targets is not None else None
+            else:
+                rows = index[lo:hi]
+                x = self.inputs[rows]
+                y = self.targets[rows] if self.targets is not None else None
+            if x.device != self.device:
+                if self.non_blocking and index is not None:
+                    x, y = x.pin_memory(), y.pin_memory() if y is not None else None
+                x = x.to(self.device, non_blocking=self.non_blocking)
+                y = y.to(self.device, non_blocking=self.non_blocking) if y is not None else None
+            yield x, y
+
+    def peek(self, n: int = 2) -> Batch:
+        """The first `n` samples, without drawing random numbers."""
+        x = self.inputs[:n].to(self.device)
+        y = self.targets[:n].to(self.device) if self.targets is not None else None
+        return x, y
+
+
+class LoaderBatches:
+    """Batches from a DataLoader, moved to the device; items are `x` or `(x, y, ...)`."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, has_targets: bool = True) -> None:
+        self.loader = loader
+        self.device = device
+        self.has_targets = has_targets
+        self.non_blocking = device.type == "cuda" and bool(getattr(loader, "pin_memory", False))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset_size(self) -> int | None:
+        try:
+            return len(self.loader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def new_order(self) -> dict[str, Any]:
+        return {"seed": None}
+
+    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
+        for b, item in enumerate(self.loader):
+            if b < start_batch:
+                continue
+            yield self._split(to_device(item, self.device, self.non_blocking))
+
+    def _split(self, item: Any) -> Batch:
+        if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
+            if len(item) >= 2:
+                return item[0], item[1]
+            if len(item) == 1:
+                return item[0], None
+        if not self.has_targets:
+            return item, None
+        raise ValueError(
+            f"each batch must be (inputs, targets[, ...]) to train or evaluate; the DataLoader gave a "
+            f"{type(item).__name__}: make the Dataset return (x, y) pairs"
+        )
+
+    def peek(self, n: int = 2) -> Batch | None:
+        """The first `n` samples collated by the loader's collate_fn, or None when not indexable."""
+        dataset = self.loader.dataset
+        if isinstance(dataset, IterableDataset):
+            return None
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+            samples = [dataset[i] for i in range(min(n, size))]
+            collated = self.loader.collate_fn(samples) if samples else None
+        except Exception:  # an unusual dataset: the first training batch is checked instead
+            return None
+        if collated is None:
+            return None
+        return self._split(to_device(collated, self.device))
+
+
+Batches = TensorBatches | LoaderBatches
+
+
+def make_batches(data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str,
+                 needs_targets: bool = True) -> Batches:
+    """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
+    if isinstance(data, DataLoader):
+        _check_not_empty(data.dataset, role)
+        return LoaderBatches(data, device, has_targets=needs_targets)
+    if isinstance(data, Dataset):
+        _check_not_empty(data, role)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, pin_memory=device.type == "cuda")
+        return LoaderBatches(loader, device, has_targets=needs_targets)
+    inputs, targets = _split_arrays(data, role, needs_targets)
+    return TensorBatches(inputs, targets, batch_size, shuffle, device)
+
+
+def _split_arrays(data: Any, role: str, needs_targets: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        if needs_targets:
+            raise ValueError(f"{role} data has inputs but no targets: pass a pair (X, y)")
+        parts: Sequence[Any] = (data,)
+    elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 2:
+        parts = data
+    else:
+        raise TypeError(
+            f"{role} data must be a pair (X, y) of tensors or arrays, a Dataset or a DataLoader; "
+            f"received {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    if needs_targets and len(parts) < 2:
+        raise ValueError(f"{role} data has inputs but no targets: pass a pair (X, y)")
+    inputs = as_tensor(parts[0], f"{role} X")
+    targets = as_tensor(parts[1], f"{role} y") if len(parts) == 2 and (needs_targets or parts[1] is not None) else None
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"{role} data is empty (X has shape {tuple(inputs.shape)}): it needs at least one sample")
+    if targets is not None and (targets.ndim == 0 or targets.shape[0] != inputs.shape[0]):
+        raise ValueError(
+            f"{role} X has {inputs.shape[0]} samples but y has {targets.shape[0] if targets.ndim else 0}: "
+            "X and y need one row per sample"
+        )
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        row = int((~torch.isfinite(inputs)).reshape(inputs.shape[0], -1).any(dim=1).nonzero()[0])
+        raise ValueError(f"{role} X contains NaN or Inf (first at row {row}): remove or impute those values")
+    if targets is not None and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        raise ValueError(f"{role} y contains NaN or Inf: remove those samples")
+    return inputs, targets
+
+
+def _check_not_empty(dataset: Any, role: str) -> None:
+    try:
+        size = len(dataset)
+    except TypeError:
+        return
+    if size == 0:
+        raise ValueError(f"{role} dataset is empty: it needs at least one sample")

@@ -1,0 +1,94 @@
+"""Device and precision selection: where the model runs and in which number format."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" (or None) picks cuda > mps > cpu; anything else must name an available device."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be 'auto', a device name like 'cuda:0', or a torch.device; received: device={device!r}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available on this machine: use device='auto' or 'cpu'")
+        index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available on this machine: use device='auto' or 'cpu'")
+    return resolved
+
+
+def resolve_precision(precision: str | int) -> str:
+    name = str(precision)
+    name = _PRECISION_ALIASES.get(name, name)
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(repr(p) for p in PRECISIONS)}")
+    return name
+
+
+@dataclass
+class Precision:
+    """Autocast and loss scaling for one precision setting on one device."""
+
+    name: str
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.name == "16-mixed":
+            if self.device.type not in ("cuda", "cpu"):
+                raise ValueError(f"precision='16-mixed' is not supported on {self.device.type}: use 'bf16-mixed' or '32'")
+            self.scaler = torch.amp.GradScaler(self.device.type)
+        if self.name == "bf16-mixed" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision='bf16-mixed' but this GPU does not support bfloat16: use '16-mixed'")
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.name == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.name == "bf16-mixed" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Moves tensors (also inside tuples, lists and dicts) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(item, device, non_blocking) for item in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    return batch

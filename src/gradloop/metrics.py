@@ -1,0 +1,189 @@
+"""Metrics: names -> functions, and on-device accumulators read once per epoch.
+
+Every accumulator keeps running sums as tensors on the training device and a sample count on the
+host, so updating costs no host-device sync. `MetricSet.compute()` reads all sums with one
+`.tolist()`: the single sync of an epoch.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Sequence
+
+import torch
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RESERVED_NAMES = ("loss", "lr", "time", "epoch", "grad_norm")
+
+
+def _class_predictions(outputs: torch.Tensor, targets: torch.Tensor, logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if outputs.ndim == targets.ndim + 1:  # (N, C, ...) scores vs (N, ...) class indices
+        return outputs.argmax(dim=1), targets
+    if outputs.shape == targets.shape and outputs.ndim >= 2 and outputs.shape[1] > 1:  # one-hot targets
+        return outputs.argmax(dim=1), targets.argmax(dim=1)
+    threshold = 0.0 if logits else 0.5  # binary: one score per sample
+    return (outputs.reshape(targets.shape) > threshold).long(), (targets > 0.5).long()
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor, logits: bool = True) -> torch.Tensor:
+    """Fraction of correct predictions: argmax for class scores, a threshold for one binary score."""
+    predicted, expected = _class_predictions(outputs, targets, logits)
+    return (predicted == expected).float().mean()
+
+
+def top_k_accuracy(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    top = outputs.topk(min(k, outputs.shape[1]), dim=1).indices
+    return (top == targets.unsqueeze(1)).any(dim=1).float().mean()
+
+
+def mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.reshape(targets.shape) - targets).abs().float().mean()
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.reshape(targets.shape) - targets).float().pow(2).mean()
+
+
+class Metric:
+    """Accumulates per-batch sums on the device; `finalize` turns the read sums into one float."""
+
+    size = 1  # number of running sums
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finalize(self, sums: Sequence[float], count: int) -> float:
+        return sums[0] / count
+
+
+class MeanMetric(Metric):
+    """Sample-weighted mean of a function that returns the batch mean."""
+
+    def __init__(self, name: str, fn: MetricFn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        value = self.fn(outputs, targets)
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value))
+        if value.numel() != 1:
+            raise ValueError(f"metric {self.name!r} must return one number per batch, got shape {tuple(value.shape)}")
+        return value.detach().reshape(1) * n
+
+
+class RootMeanSquaredError(MeanMetric):
+    def __init__(self, name: str = "rmse") -> None:
+        super().__init__(name, mse)
+
+    def finalize(self, sums: Sequence[float], count: int) -> float:
+        return math.sqrt(sums[0] / count)
+
+
+class R2Score(Metric):
+    """Coefficient of determination over all target elements of the epoch."""
+
+    size = 4  # squared error, sum of y, sum of y^2, number of elements
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        y = targets.float()
+        error = (outputs.reshape(targets.shape).float() - y).pow(2).sum()
+        count = torch.tensor(float(y.numel()), device=y.device)
+        return torch.stack([error, y.sum(), y.pow(2).sum(), count])
+
+    def finalize(self, sums: Sequence[float], count: int) -> float:
+        sse, sum_y, sum_y2, elements = sums
+        total = sum_y2 - sum_y * sum_y / elements
+        return 1.0 - sse / total if total > 0 else float("nan")
+
+
+def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None) -> Metric:
+    """A metric given by name, as a callable(outputs, targets) -> tensor, or a `Metric`."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        name = metric.lower()
+        if name in ("accuracy", "acc"):
+            logits = loss_name != "bce"
+            return MeanMetric("accuracy", lambda o, t: accuracy(o, t, logits=logits))
+        if name == "binary_accuracy":
+            logits = loss_name != "bce"
+            return MeanMetric(name, lambda o, t: accuracy(o.reshape(t.shape), t, logits=logits))
+        top_k = re.fullmatch(r"top_?(\d+)_accuracy", name)
+        if top_k:
+            k = int(top_k.group(1))
+            return MeanMetric(name, lambda o, t: top_k_accuracy(o, t, k))
+        if name in ("mae", "mean_absolute_error"):
+            return MeanMetric("mae", mae)
+        if name in ("mse", "mean_squared_error"):
+            return MeanMetric("mse", mse)
+        if name in ("rmse", "root_mean_squared_error"):
+            return RootMeanSquaredError()
+        if name in ("r2", "r2_score"):
+            return R2Score("r2")
+        raise ValueError(
+            f"unknown metric {metric!r}: use one of 'accuracy', 'top5_accuracy', 'binary_accuracy', "
+            "'mae', 'mse', 'rmse', 'r2', or pass a callable(outputs, targets) -> tensor"
+        )
+    if callable(metric):
+        name = getattr(metric, "__name__", None) or getattr(metric, "name", None)
+        if not name or name == "<lambda>":
+            raise ValueError(
+                f"metric {metric!r} has no usable name: define it with `def my_metric(outputs, targets)` "
+                "(it is logged under its __name__) or set a `name` attribute"
+            )
+        return MeanMetric(name, metric)
+    raise TypeError(f"metrics must be names or callables(outputs, targets) -> tensor; received: {metric!r}")
+
+
+def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name: str | None) -> list[Metric]:
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, Metric)) or callable(metrics):
+        metrics = [metrics]  # type: ignore[list-item]
+    resolved = [resolve_metric(m, loss_name) for m in metrics]
+    names = [m.name for m in resolved]
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"metric name {name!r} is reserved by gradloop: rename the metric")
+        if names.count(name) > 1:
+            raise ValueError(f"metric {name!r} is given twice: each metric needs its own name")
+    return resolved
+
+
+class MetricSet:
+    """The loss and the metrics of one pass over the data, accumulated on `device`."""
+
+    def __init__(self, metrics: Sequence[Metric], device: torch.device) -> None:
+        self.metrics = list(metrics)
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.reset()
+
+    def reset(self) -> "MetricSet":
+        self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        self.sums = [torch.zeros(m.size, dtype=self.dtype, device=self.device) for m in self.metrics]
+        self.count = 0
+        return self
+
+    def update(self, loss: torch.Tensor, outputs: torch.Tensor | None, targets: torch.Tensor | None, n: int) -> None:
+        self.loss_sum += loss.detach() * n
+        if outputs is not None and targets is not None:
+            for metric, total in zip(self.metrics, self.sums):
+                total += metric.batch_sums(outputs, targets, n)
+        self.count += n
+
+    def compute(self, prefix: str = "") -> dict[str, float]:
+        """Reads every sum in one host transfer and returns `{prefix + name: float}`."""
+        if self.count == 0:
+            return {}
+        values = torch.cat([self.loss_sum.reshape(1), *self.sums]).tolist()  # the one sync per epoch
+        logs = {f"{prefix}loss": values[0] / self.count}
+        offset = 1
+        for metric in self.metrics:
+            logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], self.count))
+            offset += metric.size
+        return logs

@@ -1,0 +1,77 @@
+"""Optimizers by name, given as an instance, or built by a factory from the parameters."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .losses import suggest
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+}
+OptimizerSpec = str | torch.optim.Optimizer | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def build_optimizer(
+    spec: OptimizerSpec, model: torch.nn.Module, lr: float | None, options: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """Builds the optimizer over the model's trainable parameters.
+
+    A name uses torch's defaults for everything except `lr` and `options`. An instance is used
+    as given (its parameters must be the model's). A callable is called with the parameters.
+    """
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
+        raise ValueError(f"lr must be a positive number; received: lr={lr!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(spec, torch.optim.Optimizer):
+        if options:
+            raise ValueError("optimizer_options only apply to an optimizer given by name")
+        _check_owns_model(spec, model)
+        return spec
+    if isinstance(spec, str):
+        name = spec.lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {spec!r}{suggest(name, list(OPTIMIZERS))}: use one of "
+                f"{', '.join(OPTIMIZERS)}, a torch.optim.Optimizer, or a callable params -> optimizer"
+            )
+        if not params:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        kwargs = dict(options or {})
+        if lr is not None:
+            kwargs["lr"] = lr
+        elif name == "sgd":
+            raise ValueError("optimizer='sgd' needs a learning rate: pass lr=..., e.g. lr=0.01")
+        try:
+            return OPTIMIZERS[name](params, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"optimizer {spec!r} rejected its options {kwargs}: {err}") from None
+    if callable(spec):
+        optimizer = spec(params)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
+        return optimizer
+    raise TypeError(
+        f"optimizer must be a name like 'adam', a torch.optim.Optimizer, or a callable params -> optimizer; "
+        f"received: optimizer={spec!r}"
+    )
+
+
+def _check_owns_model(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+    model_params = {id(p) for p in model.parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if id(param) not in model_params:
+                raise ValueError(
+                    "the optimizer holds parameters that are not the model's: build it from "
+                    "model.parameters() of the model passed to Trainer"
+                )
