@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from .devices import to_device
 
@@ -109,13 +109,47 @@ class TensorBatches:
         return x, y
 
 
-class LoaderBatches:
-    """Batches from a DataLoader, moved to the device; items are `x` or `(x, y, ...)`."""
+class OrderedBatchSampler(Sampler[list[int]]):
+    """Index batches of one epoch's order, starting at any batch: resuming costs no replay.
 
-    def __init__(self, loader: DataLoader, device: torch.device, has_targets: bool = True) -> None:
+    The order comes from `seed` exactly as `RandomSampler` derives it, so a Dataset batched by
+    gradloop sees the same samples in the same order as with `DataLoader(dataset, shuffle=True)`.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False) -> None:
+        self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+        self.seed: int | None = None
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.seed is None:
+            order = list(range(self.num_samples))
+        else:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        for b in range(self.start_batch, len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class LoaderBatches:
+    """Batches from a DataLoader, moved to the device; items are `x` or `(x, y, ...)`.
+
+    A loader built by gradloop (`sampler` given) jumps straight to a resumed position. A user's
+    loader is replayed up to it from the torch RNG state of the epoch's start, which yields the same
+    order as the uninterrupted run (at the cost of loading the skipped batches).
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, has_targets: bool = True,
+                 sampler: OrderedBatchSampler | None = None, shuffle: bool = False) -> None:
         self.loader = loader
         self.device = device
         self.has_targets = has_targets
+        self.sampler = sampler
+        self.shuffle = shuffle
         self.non_blocking = device.type == "cuda" and bool(getattr(loader, "pin_memory", False))
 
     def __len__(self) -> int:
@@ -129,13 +163,30 @@ class LoaderBatches:
             return None
 
     def new_order(self) -> dict[str, Any]:
-        return {"seed": None}
+        if self.sampler is not None:
+            _draw_seed()  # the DataLoader iterator's base seed
+            return {"seed": _draw_seed() if self.shuffle else None}
+        return {"seed": None, "torch_rng": torch.get_rng_state()}
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
-        for b, item in enumerate(self.loader):
-            if b < start_batch:
-                continue
+        if self.sampler is not None:
+            self.sampler.seed, self.sampler.start_batch = order["seed"], start_batch
+            batches = iter(self.loader)
+        elif start_batch > 0:
+            batches = self._replay(order["torch_rng"], start_batch)
+        else:
+            batches = iter(self.loader)
+        for item in batches:
             yield self._split(to_device(item, self.device, self.non_blocking))
+
+    def _replay(self, epoch_rng: torch.Tensor, start_batch: int) -> Iterator[Any]:
+        now = torch.get_rng_state()
+        torch.set_rng_state(epoch_rng)
+        batches = iter(self.loader)
+        for _ in range(start_batch):
+            next(batches, None)
+        torch.set_rng_state(now)
+        return batches
 
     def _split(self, item: Any) -> Batch:
         if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
@@ -177,9 +228,14 @@ def make_batches(data: Any, batch_size: int, shuffle: bool, device: torch.device
     if isinstance(data, DataLoader):
         _check_not_empty(data.dataset, role)
         return LoaderBatches(data, device, has_targets=needs_targets)
-    if isinstance(data, Dataset):
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         _check_not_empty(data, role)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, pin_memory=device.type == "cuda")
+        sampler = OrderedBatchSampler(len(data), batch_size)  # type: ignore[arg-type]
+        # The loader's own generator keeps its iterator from drawing on the global RNG: new_order() does.
+        loader = DataLoader(data, batch_sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
+        return LoaderBatches(loader, device, has_targets=needs_targets, sampler=sampler, shuffle=shuffle)
+    if isinstance(data, IterableDataset):
+        loader = DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda")
         return LoaderBatches(loader, device, has_targets=needs_targets)
     inputs, targets = _split_arrays(data, role, needs_targets)
     return TensorBatches(inputs, targets, batch_size, shuffle, device)

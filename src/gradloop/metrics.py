@@ -167,7 +167,25 @@ class MetricSet:
         self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.sums = [torch.zeros(m.size, dtype=self.dtype, device=self.device) for m in self.metrics]
         self.count = 0
+        self.grad_norm_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        self.grad_norm_steps = 0
         return self
+
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        self.grad_norm_sum += norm.detach()
+        self.grad_norm_steps += 1
+
+    def state_dict(self) -> dict[str, object]:
+        """The running sums, so that an epoch resumed mid-way reports the same numbers."""
+        return {"loss_sum": self.loss_sum, "sums": list(self.sums), "count": self.count,
+                "grad_norm_sum": self.grad_norm_sum, "grad_norm_steps": self.grad_norm_steps}
+
+    def load_state_dict(self, state: dict) -> None:  # type: ignore[type-arg]
+        self.loss_sum = state["loss_sum"].to(self.device, self.dtype)
+        self.sums = [s.to(self.device, self.dtype) for s in state["sums"]]
+        self.count = int(state["count"])
+        self.grad_norm_sum = state["grad_norm_sum"].to(self.device, self.dtype)
+        self.grad_norm_steps = int(state["grad_norm_steps"])
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor | None, targets: torch.Tensor | None, n: int) -> None:
         self.loss_sum += loss.detach() * n
@@ -180,10 +198,12 @@ class MetricSet:
         """Reads every sum in one host transfer and returns `{prefix + name: float}`."""
         if self.count == 0:
             return {}
-        values = torch.cat([self.loss_sum.reshape(1), *self.sums]).tolist()  # the one sync per epoch
+        values = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums]).tolist()  # the one sync
         logs = {f"{prefix}loss": values[0] / self.count}
-        offset = 1
+        offset = 2
         for metric in self.metrics:
             logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], self.count))
             offset += metric.size
+        if self.grad_norm_steps:
+            logs[f"{prefix}grad_norm"] = values[1] / self.grad_norm_steps
         return logs

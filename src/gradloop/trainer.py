@@ -1,7 +1,7 @@
 """The Trainer: the textbook PyTorch loop, with its details done right."""
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import sys
 import time
@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, snapshot
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
@@ -21,7 +21,8 @@ from .history import History
 from .losses import LossFn, resolve_loss
 from .metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .optim import OptimizerSpec, build_optimizer
-from .state import TrainState, rng_state, seed_everything, set_rng_state
+from .signals import GracefulStop
+from .state import TrainState, seed_everything
 
 
 class Trainer:
@@ -74,8 +75,13 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         self.log_names: list[str] = []
+        self.resume_command: str | None = None  # shown after a signal; the CLI sets `gradloop resume DIR`
         self._order: dict[str, Any] | None = None
+        self._epoch_done = False
         self._batch_size = 64
+        self._settings: dict[str, Any] = {}
+        self._meter = MetricSet(self.metrics, self.device)
+        self._signals = GracefulStop()
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True,
@@ -86,18 +92,30 @@ class Trainer:
         check_model_fits_data(self.model, train_batches, self.loss_fn, self.loss_name, self.metrics, "train")
         if val_batches is not None:
             check_model_fits_data(self.model, val_batches, self.loss_fn, self.loss_name, self.metrics, "val")
+        if resume is not None and str(resume) == "last" and self.run_dir is None:
+            raise ValueError("resume='last' needs a run_dir: pass Trainer(run_dir=...) or a checkpoint path")
         self._batch_size = batch_size
+        self._settings = self._resume_settings(train_batches, batch_size, shuffle)
         self.log_names = self._log_names(val_batches is not None)
         self._prepare_run_dir()
-        self.state, self.history, self._order = TrainState(), History(), None
+        with _run_lock(self.run_dir):
+            return self._fit(train_batches, val_batches, resume)
+
+    def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
+        self.state, self.history, self._order, self._epoch_done = TrainState(), History(), None, False
         self.should_stop, self.stop_reason = False, None
+        self._meter = MetricSet(self.metrics, self.device)
         if self.seed is not None:
             seed_everything(self.seed)
-        if resume is not None:
-            self._resume(resume)
+        saved = self._load_resume_point(resume) if resume is not None else None
         self.callbacks.call("on_fit_start", self)
-        while not self._finished():
-            self._run_epoch(train_batches, val_batches)
+        if saved is not None:
+            self._restore_after_setup(saved)
+        with self._signals:
+            while not self._finished():
+                self._run_epoch(train, val)
+                if self._signals.received is not None:
+                    self._stop_on_signal()
         self.stop_reason = self.stop_reason or ("max_steps" if self._max_steps_reached() else "max_epochs")
         self.callbacks.call("on_fit_end", self)
         if self.run_dir is not None:
@@ -109,7 +127,10 @@ class Trainer:
         started = time.perf_counter()
         if self._order is None:
             self._order = train.new_order()
+            self._meter.reset()
         logs = self._train_epoch(train)
+        if self._signals.received is not None:
+            return  # stopped mid-epoch: the checkpoint resumes at this very step
         if val is not None:
             val_logs = self._evaluate(val, "val_")
             self.callbacks.call("on_validation_end", self, val_logs)
@@ -117,37 +138,38 @@ class Trainer:
         logs["lr"] = float(self._epoch_lr)
         logs["time"] = time.perf_counter() - started
         self.history.append(logs)
+        self._epoch_done = True
         self.callbacks.call("on_epoch_end", self, logs)
         self.state.epoch += 1
         self.state.step_in_epoch = self.state.batch_in_epoch = 0
-        self._order = None
+        self._order, self._epoch_done = None, False
 
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
         self.model.train()
-        meter = MetricSet(self.metrics, self.device)
+        meter = self._meter
         self._epoch_lr = self.optimizer.param_groups[0]["lr"]
-        grad_norms: list[torch.Tensor] = []
         batch_listeners = self.callbacks.listens("on_train_batch_end")
-        k, num_batches = self.accumulate_grad_batches, len(batches)
+        k, num_batches = self.accumulate_grad_batches, _length(batches)
         assert self._order is not None
         for inputs, targets in batches.iterate(self._order, start_batch=self.state.batch_in_epoch):
             batch = self.state.batch_in_epoch
             group_start = batch - batch % k
-            group_size = min(k, num_batches - group_start)
+            group_size = k if num_batches is None else min(k, num_batches - group_start)
             if batch == group_start:
                 self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_backward(inputs, targets, group_size, meter)
             self.state.batch_in_epoch += 1
-            if batch + 1 == group_start + group_size:
-                grad_norms += self._optimizer_step()
+            step_taken = batch + 1 == group_start + group_size
+            if step_taken:
+                self._optimizer_step(meter)
             if batch_listeners:
                 self.callbacks.call("on_train_batch_end", self, loss)
-            if self.should_stop or self._max_steps_reached():
+            if self.should_stop or self._max_steps_reached() or (step_taken and self._signals.received is not None):
                 break
-        logs = meter.compute()
-        if grad_norms:
-            logs["grad_norm"] = float(torch.stack(grad_norms).mean())
-        return logs
+        else:
+            if self.state.batch_in_epoch % k and num_batches is None:  # an unsized loader ended mid-group
+                self._optimizer_step(meter)
+        return meter.compute()
 
     def _forward_backward(self, inputs: Any, targets: torch.Tensor, group_size: int, meter: MetricSet) -> torch.Tensor:
         with self.precision.autocast():
@@ -158,16 +180,14 @@ class Trainer:
         meter.update(loss, outputs.detach(), targets, _batch_len(targets, inputs))
         return loss
 
-    def _optimizer_step(self) -> list[torch.Tensor]:
-        norms = []
+    def _optimizer_step(self, meter: MetricSet) -> None:
         if self.grad_clip_norm is not None:
             self.precision.unscale(self.optimizer)
-            norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
+            meter.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
         self._epoch_lr = self.optimizer.param_groups[0]["lr"]
         self.precision.step(self.optimizer)
         self.state.global_step += 1
         self.state.step_in_epoch += 1
-        return norms
 
     def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
         meter = MetricSet(self.metrics, self.device)
@@ -221,46 +241,54 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as one dict."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
-            "progress": self.state.state_dict(),
-            "order": self._order,
-            "history": self.history.state_dict(),
-            "callbacks": self.callbacks.state_dict(),
-            "rng": rng_state(),
-        }
+        """Everything a resumed run needs, as one dict (see `snapshot.py` for the layout)."""
+        return snapshot.trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.precision.scaler is not None and state.get("scaler") is not None:
-            self.precision.scaler.load_state_dict(state["scaler"])
-        self.state.load_state_dict(state["progress"])
-        self._order = state["order"]
-        self.history.load_state_dict(state["history"])
-        self.callbacks.load_state_dict(state["callbacks"])
-        set_rng_state(state["rng"])
+        """Restores a `state_dict()` completely (weights, optimizer, progress, callbacks, RNG)."""
+        snapshot.restore_model_and_progress(self, state)
+        snapshot.restore_after_setup(self, state)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the full training state to `path` atomically, with a checksum."""
         return checkpoint.save(self.state_dict(), Path(path))
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Loads a checkpoint written by `save_checkpoint` (verified, no code unpickled)."""
         self.load_state_dict(checkpoint.load(Path(path), map_location=self.device))
 
-    def _resume(self, resume: str | os.PathLike[str]) -> None:
+    def _load_resume_point(self, resume: str | os.PathLike[str]) -> dict[str, Any] | None:
         if str(resume) == "last":
-            if self.run_dir is None:
-                raise ValueError("resume='last' needs a run_dir: pass Trainer(run_dir=...) or a checkpoint path")
+            assert self.run_dir is not None
             path = checkpoint.latest(self.run_dir / "checkpoints")
             if path is None:
                 print(f"gradloop: no checkpoint in {self.run_dir / 'checkpoints'} yet: starting from scratch", file=sys.stderr)
-                return
+                return None
         else:
             path = Path(resume)
-        self.load_checkpoint(path)
+        saved = checkpoint.load(path, map_location=self.device)
+        snapshot.check_settings(saved, self._settings, path)
+        snapshot.restore_model_and_progress(self, saved)
+        print(f"gradloop: resuming from {path} (epoch {self.state.epoch}, step {self.state.global_step})", file=sys.stderr)
+        return saved
+
+    def _restore_after_setup(self, saved: dict[str, Any]) -> None:
+        snapshot.restore_after_setup(self, saved)
+
+    def _stop_on_signal(self) -> None:
+        """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM)."""
+        name = self._signals.received.name if self._signals.received is not None else "signal"
+        self.stop_reason = f"interrupted by {name}"
+        where = f"epoch {self.state.epoch}, step {self.state.global_step}"
+        if self.run_dir is None:
+            print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
+        elif not snapshot.weights_are_finite(self.model):
+            print(f"gradloop: {name} at {where}: weights are not finite, the last good checkpoint is kept", file=sys.stderr)
+        else:
+            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
+            print(f"gradloop: {name} at {where}: checkpoint written to {path}", file=sys.stderr)
+            print(f"gradloop: resume with: {self.resume_command or snapshot.default_resume_hint(self.run_dir)}", file=sys.stderr)
+        raise SystemExit(self._signals.exit_code)
 
     # ----------------------------------------------------------------------------- helpers
     def _log_names(self, has_val: bool) -> list[str]:
@@ -269,6 +297,14 @@ class Trainer:
             names += [f"val_{n}" for n in names]
         names += ["lr", "time"] + (["grad_norm"] if self.grad_clip_norm is not None else [])
         return names
+
+    def _resume_settings(self, train: Batches, batch_size: int, shuffle: bool) -> dict[str, Any]:
+        return {
+            "batch_size": batch_size, "num_batches": _length(train), "num_samples": train.dataset_size,
+            "shuffle": shuffle, "accumulate_grad_batches": self.accumulate_grad_batches,
+            "precision": self.precision.name, "optimizer": type(self.optimizer).__name__,
+            "loss": self.loss_name or getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+        }
 
     def _prepare_run_dir(self) -> None:
         if self.run_dir is None:
@@ -280,6 +316,21 @@ class Trainer:
             probe.unlink()
         except OSError as err:
             raise ValueError(f"run_dir {str(self.run_dir)!r} cannot be written ({err.strerror}): choose a writable directory") from err
+
+
+def _run_lock(run_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
+    try:
+        from .runlock import RunLock
+    except ImportError:  # TODO(lead): runlock lands with the checkpoint work; drop this fallback then
+        return contextlib.nullcontext()
+    return RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
+
+
+def _length(batches: Batches) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
 
 
 def _batch_len(targets: Any, inputs: Any) -> int:
