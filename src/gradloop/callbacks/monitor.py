@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,12 @@ def infer_mode(monitor: str, mode: str) -> str:
         return mode
     if mode != "auto":
         raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
-    words = monitor.lower().removeprefix("val_").removeprefix("test_")
-    if any(w in words for w in _MAX_WORDS):
+    words = set(re.split(r"[^a-z0-9]+", monitor.lower().removeprefix("val_").removeprefix("test_")))
+    if words & {"loss", "error"}:
+        return "min"
+    if words & set(_MAX_WORDS) or any(w.endswith("accuracy") for w in words):
         return "max"
-    if any(w in words for w in _MIN_WORDS):
+    if words & set(_MIN_WORDS):
         return "min"
     raise ValueError(
         f"cannot tell whether monitor={monitor!r} should be minimized or maximized: pass mode='min' or mode='max'"

@@ -1,0 +1,140 @@
+"""EarlyStopping: stop when the monitored value stops improving (Keras 3 semantics, exactly)."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .base import Callback
+from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+
+class EarlyStopping(Callback):
+    """Stops training when `monitor` has not improved for `patience` epochs.
+
+    Keras 3's rules: an epoch improves when its value beats the best so far by more than
+    `min_delta`; every monitored epoch adds one to `wait`, an improvement resets it to 0 only if the
+    value also beats `baseline` (when given), and training stops at the end of a non-improving epoch
+    with `wait >= patience` (never at epoch 0). Epochs before `start_from_epoch` are ignored.
+    `mode="auto"` infers the direction from the name (min for losses and errors, max for accuracy-like
+    metrics) and raises ValueError when it cannot.
+
+    With `restore_best_weights=True` the model gets the weights of the best epoch back at the end
+    of training, whatever ended it (this stop, another callback's, max_epochs); when no epoch
+    improved at all (say every value was NaN), those of the first monitored epoch. The best
+    weights are kept on the model's device and copied in place only on improving epochs.
+
+    After training, `stopped_epoch` is the epoch at which this callback stopped (0 if it did
+    not), `best` and `best_epoch` the best value and its epoch, `wait` the epochs since then.
+    """
+
+    def __init__(
+        self,
+        monitor: str = VAL_LOSS,
+        min_delta: float = 0.0,
+        patience: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        _check_number("min_delta", min_delta)
+        _check_count("patience", patience)
+        _check_count("start_from_epoch", start_from_epoch)
+        if baseline is not None:
+            _check_number("baseline", baseline)
+        self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
+        self._requested = (monitor, mode)
+        self.min_delta = abs(float(min_delta))
+        self.patience = patience
+        self.baseline = None if baseline is None else float(baseline)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = start_from_epoch
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        monitor, mode = self._requested
+        self.monitor = resolve_monitor(trainer, monitor, "EarlyStopping")
+        self.mode = infer_mode(self.monitor, mode)
+        self._reset()  # a fresh fit starts over; a resumed one gets its state back through load_state_dict
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        epoch = trainer.state.epoch
+        if epoch < self.start_from_epoch:
+            return
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
+        current = float(logs[self.monitor])
+        if self.restore_best_weights and self.best_weights is None:
+            self._keep_weights(trainer)  # Keras: until something improves, the first monitored epoch is the best
+            self.best_epoch = epoch
+        self.wait += 1
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self._keep_weights(trainer)
+            if self.baseline is None or is_improvement(current, self.baseline, self.mode, self.min_delta):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            trainer.should_stop = True
+            trainer.stop_reason = trainer.stop_reason or f"early stopping at epoch {epoch}"
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+
+    def _keep_weights(self, trainer: "Trainer") -> None:
+        current = trainer.model.state_dict()
+        if self.best_weights is None or self.best_weights.keys() != current.keys():
+            self.best_weights = {name: t.detach().clone() for name, t in current.items()}
+            return
+        with torch.no_grad():
+            for name, tensor in current.items():
+                self.best_weights[name].copy_(tensor)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, best value and epoch, and the best weights (the live tensors: save them at once)."""
+        return {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wait = int(state["wait"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        weights = state.get("best_weights")
+        self.best_weights = None if weights is None else {k: t.detach().clone() for k, t in weights.items()}
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number; received: {name}={value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number, not NaN; received: {name}={value!r}")

@@ -1,0 +1,187 @@
+"""Learning-rate schedules: any torch scheduler, per epoch or per optimizer step, and ReduceLROnPlateau."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
+from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
+
+from .base import Callback
+from .monitor import VAL_LOSS, infer_mode, resolve_monitor
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+Scheduler = Union[TorchLRScheduler, TorchReduceLROnPlateau]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Scheduler]
+
+
+class LRScheduler(Callback):
+    """Drives a torch LR scheduler: `interval="epoch"` steps it after each epoch, `"step"` after each
+    optimizer step (not each batch: with gradient accumulation there are fewer steps than batches).
+
+    `scheduler_or_factory` is a scheduler built on the trainer's optimizer, or a callable that
+    builds one from the optimizer (called in `on_fit_start`), e.g. warm-up then cosine decay::
+
+        LRScheduler(lambda opt: SequentialLR(opt, [LinearLR(opt, 0.1, total_iters=100),
+                                                   CosineAnnealingLR(opt, T_max=900)], milestones=[100]),
+                    interval="step")
+
+    With `monitor`, the scheduler is stepped with that logged value (`interval="epoch"` only), as
+    torch's ReduceLROnPlateau needs. With more than one param group, the LR of group i >= 1 at the
+    epoch's last optimizer step is logged as `lr_group<i>` (group 0 is the trainer's `lr`).
+    The scheduler's state is saved in checkpoints.
+    """
+
+    def __init__(self, scheduler_or_factory: Scheduler | SchedulerFactory, interval: str = "epoch",
+                 monitor: str | None = None) -> None:
+        if not (_is_scheduler(scheduler_or_factory) or callable(scheduler_or_factory)):
+            raise TypeError(
+                "LRScheduler needs a torch LR scheduler or a callable optimizer -> scheduler; "
+                f"received: {scheduler_or_factory!r}"
+            )
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"interval must be 'epoch' or 'step'; received: interval={interval!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value or None; received: monitor={monitor!r}")
+        if monitor is not None and interval == "step":
+            raise ValueError(f"monitor={monitor!r} is logged once per epoch: use interval='epoch' with a monitor")
+        self._given = scheduler_or_factory
+        self.interval = interval
+        self.monitor = monitor
+        self._requested_monitor = monitor
+        self.scheduler: Scheduler | None = scheduler_or_factory if _is_scheduler(scheduler_or_factory) else None
+        self._seen_step = 0
+        self._step_lrs: list[float] | None = None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self._requested_monitor is not None:
+            self.monitor = resolve_monitor(trainer, self._requested_monitor, "LRScheduler")
+        if not _is_scheduler(self._given):
+            self.scheduler = self._given(trainer.optimizer)  # type: ignore[operator]
+            if not _is_scheduler(self.scheduler):
+                raise TypeError(f"the LRScheduler factory must return a torch LR scheduler; it returned {type(self.scheduler).__name__}")
+        assert self.scheduler is not None
+        if self.scheduler.optimizer is not trainer.optimizer:
+            raise ValueError(
+                "the LR scheduler drives another optimizer than the trainer's: pass a factory, "
+                "e.g. LRScheduler(lambda opt: StepLR(opt, step_size=10))"
+            )
+        if isinstance(self.scheduler, TorchReduceLROnPlateau) and self.monitor is None:
+            raise ValueError("torch's ReduceLROnPlateau steps with a metric: pass LRScheduler(..., monitor='val_loss')")
+        self._seen_step, self._step_lrs = trainer.state.global_step, None
+
+    def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        if self.interval == "step" and trainer.state.global_step != self._seen_step:
+            self._step(trainer)
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if self.interval == "step":
+            if trainer.state.global_step != self._seen_step:  # a step the batch hook did not see
+                self._step(trainer)
+            _log_group_lrs(logs, self._step_lrs or group_lrs(trainer.optimizer))
+            self._step_lrs = None
+            return
+        _log_group_lrs(logs, group_lrs(trainer.optimizer))
+        assert self.scheduler is not None
+        if self.monitor is not None:
+            self.scheduler.step(_monitored(logs, self.monitor, "LRScheduler"))
+        else:
+            self.scheduler.step()  # type: ignore[call-arg]
+
+    def _step(self, trainer: "Trainer") -> None:
+        self._seen_step = trainer.state.global_step
+        if len(trainer.optimizer.param_groups) > 1:
+            self._step_lrs = group_lrs(trainer.optimizer)  # the LRs this optimizer step used
+        assert self.scheduler is not None
+        self.scheduler.step()  # type: ignore[call-arg]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _load(self.scheduler, state)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the LR by `factor` when `monitor` stops improving: torch's ReduceLROnPlateau.
+
+    The scheduler is torch's, with torch's semantics: the LR drops after more than `patience`
+    epochs without improvement, then `cooldown` epochs pass before counting again, never below
+    `min_lr`. As in Keras, `min_delta` is an absolute threshold (torch's `threshold_mode="abs"`):
+    an epoch improves when it beats the best by more than `min_delta`. `mode="auto"` infers min or
+    max from the monitor's name. The LR of each param group beyond the first is logged as
+    `lr_group<i>`; the scheduler's state is saved in checkpoints.
+    """
+
+    def __init__(self, monitor: str = VAL_LOSS, factor: float = 0.1, patience: int = 10, mode: str = "auto",
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float | Sequence[float] = 0.0) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+            raise ValueError(f"factor must be a number in (0, 1), the LR is multiplied by it; received: factor={factor!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"min_delta must be a number >= 0; received: min_delta={min_delta!r}")
+        for name, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+        lows = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lows):
+            raise ValueError(f"min_lr must be a number >= 0 (or one per param group); received: min_lr={min_lr!r}")
+        self.monitor, self.mode = monitor, mode  # resolved in on_fit_start
+        self._requested = (monitor, mode)
+        self.factor, self.patience, self.min_delta = float(factor), patience, float(min_delta)
+        self.cooldown, self.min_lr = cooldown, min_lr
+        self.scheduler: TorchReduceLROnPlateau | None = None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        monitor, mode = self._requested
+        self.monitor = resolve_monitor(trainer, monitor, "ReduceLROnPlateau")
+        self.mode = infer_mode(self.monitor, mode)
+        min_lr = list(self.min_lr) if isinstance(self.min_lr, (list, tuple)) else self.min_lr
+        self.scheduler = TorchReduceLROnPlateau(
+            trainer.optimizer, mode=self.mode, factor=self.factor, patience=self.patience,  # type: ignore[arg-type]
+            threshold=self.min_delta, threshold_mode="abs", cooldown=self.cooldown, min_lr=min_lr,
+        )
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        _log_group_lrs(logs, group_lrs(trainer.optimizer))
+        assert self.scheduler is not None
+        self.scheduler.step(_monitored(logs, self.monitor, "ReduceLROnPlateau"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _load(self.scheduler, state)
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The current LR of every param group, as floats."""
+    return [float(group["lr"]) for group in optimizer.param_groups]
+
+
+def _log_group_lrs(logs: dict[str, float], lrs: list[float]) -> None:
+    for i, lr in enumerate(lrs[1:], start=1):
+        logs.setdefault(f"lr_group{i}", lr)  # the first LR callback to log an epoch, before any steps
+
+
+def _monitored(logs: dict[str, float], monitor: str, owner: str) -> float:
+    if monitor not in logs:
+        raise ValueError(f"{owner} monitors {monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
+    return float(logs[monitor])
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return isinstance(obj, (TorchLRScheduler, TorchReduceLROnPlateau))
+
+
+def _load(scheduler: Scheduler | None, state: dict[str, Any]) -> None:
+    """Loads a saved scheduler state. On resume the trainer calls this after `on_fit_start` has built
+    the scheduler (and then puts the optimizer's saved LRs back); a state loaded into a callback whose
+    factory has not run yet is dropped, as the next fit then starts over."""
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
