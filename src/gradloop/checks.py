@@ -6,7 +6,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .data import Batches, TensorBatches
+from torch.utils.data import TensorDataset
+
+from .data import Batches, LoaderBatches, TensorBatches
 from .losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
 from .metrics import Metric
 
@@ -45,15 +47,22 @@ def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, l
         try:
             outputs = model(inputs)
         except Exception as err:  # any failure here is the user's model meeting the user's data
+            fix = "Make the model's first layer accept this input shape"
+            if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+                fix = f"The inputs are {str(inputs.dtype).replace('torch.', '')}: convert them with X.float()"
             raise ValueError(
                 f"the model cannot process the {role} inputs (a batch of shape {_shape(inputs)}): "
-                f"{type(err).__name__}: {_first_line(err)}. Make the model's first layer accept this input shape"
+                f"{type(err).__name__}: {_first_line(err)}. {fix}"
             ) from err
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model must return a tensor; it returned {type(outputs).__name__}")
         check_targets(outputs, targets, loss_name, role)
         if isinstance(batches, TensorBatches) and batches.targets is not None and loss_name in CLASS_INDEX_LOSSES:
             check_label_range(outputs.shape[1], batches.targets, role)
+        if isinstance(batches, LoaderBatches) and loss_name in CLASS_INDEX_LOSSES:
+            dataset = batches.loader.dataset
+            if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
+                check_label_range(outputs.shape[1], dataset.tensors[1], role)
         try:
             loss = loss_fn(outputs, targets)
         except Exception as err:

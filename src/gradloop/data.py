@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from .devices import to_device
 
@@ -73,6 +73,9 @@ class TensorBatches:
     @property
     def dataset_size(self) -> int:
         return self.num_samples
+
+    def size_of_batch(self, index: int) -> int:
+        return min(self.batch_size, self.num_samples - index * self.batch_size)
 
     def new_order(self) -> dict[str, Any]:
         """Draws this epoch's order from the global torch RNG, as a DataLoader iterator would."""
@@ -161,6 +164,16 @@ class LoaderBatches:
             return len(self.loader.dataset)  # type: ignore[arg-type]
         except TypeError:
             return None
+
+    def size_of_batch(self, index: int) -> int | None:
+        """Samples in batch `index` when the batching is known (plain samplers), else None."""
+        if self.sampler is not None:
+            batch_size, size = self.sampler.batch_size, self.sampler.num_samples
+        elif self.loader.batch_size is not None and type(self.loader.sampler) in (SequentialSampler, RandomSampler):
+            batch_size, size = self.loader.batch_size, len(self.loader.sampler)
+        else:
+            return None
+        return min(batch_size, size - index * batch_size)
 
     def new_order(self) -> dict[str, Any]:
         if self.sampler is not None:

@@ -59,6 +59,21 @@ class Metric:
         return sums[0] / count
 
 
+class Accuracy(Metric):
+    """Counts correct predictions exactly (an integer sum), read as a fraction."""
+
+    def __init__(self, name: str = "accuracy", logits: bool = True) -> None:
+        super().__init__(name)
+        self.logits = logits
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        predicted, expected = _class_predictions(outputs, targets, self.logits)
+        return (predicted == expected).sum().reshape(1)
+
+    def finalize(self, sums: Sequence[float], count: int) -> float:
+        return sums[0] / count if count else math.nan
+
+
 class MeanMetric(Metric):
     """Sample-weighted mean of a function that returns the batch mean."""
 
@@ -107,8 +122,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
     if isinstance(metric, str):
         name = metric.lower()
         if name in ("accuracy", "acc"):
-            logits = loss_name != "bce"
-            return MeanMetric("accuracy", lambda o, t: accuracy(o, t, logits=logits))
+            return Accuracy("accuracy", logits=loss_name != "bce")
         if name == "binary_accuracy":
             logits = loss_name != "bce"
             return MeanMetric(name, lambda o, t: accuracy(o.reshape(t.shape), t, logits=logits))

@@ -157,7 +157,8 @@ class Trainer:
             group_size = k if num_batches is None else min(k, num_batches - group_start)
             if batch == group_start:
                 self.optimizer.zero_grad(set_to_none=True)
-            loss = self._forward_backward(inputs, targets, group_size, meter)
+            share = _share_of_group(batches, batch, group_start, group_size)
+            loss = self._forward_backward(inputs, targets, share, meter)
             self.state.batch_in_epoch += 1
             step_taken = batch + 1 == group_start + group_size
             if step_taken:
@@ -171,11 +172,15 @@ class Trainer:
                 self._optimizer_step(meter)
         return meter.compute()
 
-    def _forward_backward(self, inputs: Any, targets: torch.Tensor, group_size: int, meter: MetricSet) -> torch.Tensor:
+    def _forward_backward(self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet) -> torch.Tensor:
+        """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         with self.precision.autocast():
             outputs = self.model(inputs)
             loss = self._loss(outputs, targets)
-        self.precision.backward(loss / group_size if group_size > 1 else loss)
+        if isinstance(share, int):
+            self.precision.backward(loss / share if share > 1 else loss)
+        else:
+            self.precision.backward(loss * share)
         loss = loss.detach()
         meter.update(loss, outputs.detach(), targets, _batch_len(targets, inputs))
         return loss
@@ -204,9 +209,12 @@ class Trainer:
             return self.loss_fn(outputs, targets)
         except (IndexError, RuntimeError) as err:
             shapes = f"outputs {tuple(outputs.shape)}, targets {tuple(targets.shape)} {targets.dtype}"
+            hint = ""
+            if "out of bounds" in str(err) and outputs.ndim >= 2:
+                hint = f": labels must lie in [0, {outputs.shape[1]}) for a model with {outputs.shape[1]} outputs"
             raise ValueError(
                 f"the loss failed at epoch {self.state.epoch}, batch {self.state.batch_in_epoch} ({shapes}): "
-                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}{hint}"
             ) from err
 
     def _finished(self) -> bool:
@@ -225,13 +233,14 @@ class Trainer:
         return self._evaluate_data(data, batch_size, "test")
 
     def _evaluate_data(self, data: Any, batch_size: int | None, role: str) -> dict[str, float]:
-        batches = make_batches(data, batch_size or self._batch_size, False, self.device, role)
+        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role)
         check_model_fits_data(self.model, batches, self.loss_fn, self.loss_name, self.metrics, role)
         return self._evaluate(batches, f"{role}_")
 
     def predict(self, data: Any, batch_size: int | None = None) -> torch.Tensor:
         """Model outputs for every sample, concatenated on the CPU (eval mode, no grad)."""
-        batches = make_batches(data, batch_size or self._batch_size, False, self.device, "predict", needs_targets=False)
+        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict",
+                               needs_targets=False)
         outputs = []
         with torch.inference_mode(), eval_mode(self.model):
             for inputs, _ in batches.iterate(batches.new_order()):
@@ -324,6 +333,19 @@ def _run_lock(run_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
     except ImportError:  # TODO(lead): runlock lands with the checkpoint work; drop this fallback then
         return contextlib.nullcontext()
     return RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
+
+
+def _share_of_group(batches: Batches, batch: int, group_start: int, group_size: int) -> float | int:
+    """Weights each batch by its samples, so k accumulated batches equal one k-times-larger batch.
+
+    Equal batches give the plain int divisor k (bit-identical to the textbook `loss / k`).
+    """
+    if group_size == 1:
+        return 1
+    sizes = [batches.size_of_batch(b) for b in range(group_start, group_start + group_size)]
+    if None in sizes or len(set(sizes)) == 1:
+        return group_size
+    return sizes[batch - group_start] / sum(sizes)  # type: ignore[operator, arg-type]
 
 
 def _length(batches: Batches) -> int | None:
