@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from .metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .optim import OptimizerSpec, build_optimizer
 from .signals import GracefulStop
 from .state import TrainState, seed_everything
+
+if TYPE_CHECKING:
+    from .doctor import LRFindResult
 
 
 class Trainer:
@@ -75,6 +78,7 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         self.log_names: list[str] = []
+        self.batches_per_epoch: int | None = None  # for progress displays; None for a loader without len()
         self.resume_command: str | None = None  # shown after a signal; the CLI sets `gradloop resume DIR`
         self._order: dict[str, Any] | None = None
         self._epoch_done = False
@@ -96,6 +100,7 @@ class Trainer:
             raise ValueError("resume='last' needs a run_dir: pass Trainer(run_dir=...) or a checkpoint path")
         self._batch_size = batch_size
         self._settings = self._resume_settings(train_batches, batch_size, shuffle)
+        self.batches_per_epoch = self._settings["num_batches"]
         self.log_names = self._log_names(val_batches is not None)
         self._prepare_run_dir()
         with _run_lock(self.run_dir):
@@ -247,6 +252,19 @@ class Trainer:
                 with self.precision.autocast():
                     outputs.append(self.model(inputs))
         return torch.cat(outputs).cpu()
+
+    def find_lr(self, data: Any, batch_size: int | None = None, **options: Any) -> "LRFindResult":
+        """LR range test on a copy of the model with a fresh optimizer like this trainer's.
+
+        The model, the optimizer and the RNGs are left as they were; with a run_dir the plot goes
+        to run_dir/lr_find.png. `options`: start_lr, end_lr, num_steps, smoothing, seed, plot.
+        """
+        from .doctor import lr_find  # training itself does not need the doctor
+
+        if self.run_dir is not None:
+            options.setdefault("plot", self.run_dir / "lr_find.png")
+        return lr_find(self.model, data, loss=self.loss_fn, optimizer=self.optimizer,
+                       batch_size=self._batch_size if batch_size is None else batch_size, device=self.device, **options)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

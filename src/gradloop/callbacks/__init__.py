@@ -1,9 +1,14 @@
 """Callbacks: early stopping, LR schedules, checkpoints, NaN guard, logging, progress, plots."""
 from .base import Callback
+from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
-from .logging import CSVLogger
+from .logging import CSVLogger, JSONLLogger, TensorBoardLogger
 from .lr import LRScheduler, ReduceLROnPlateau
 from .nan import TerminateOnNaN
+from .plots import PlotCurves
 from .progress import ProgressBar
 
-__all__ = ["Callback", "CSVLogger", "EarlyStopping", "LRScheduler", "ProgressBar", "ReduceLROnPlateau", "TerminateOnNaN"]
+__all__ = [
+    "Callback", "CSVLogger", "EarlyStopping", "JSONLLogger", "LRScheduler", "ModelCheckpoint", "PlotCurves",
+    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN",
+]

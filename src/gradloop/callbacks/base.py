@@ -36,8 +36,8 @@ class Callback:
     ===================  ==========================================  ===============================
 
     A callback may read `trainer.model`, `trainer.optimizer`, `trainer.state` (epoch, global_step,
-    step_in_epoch), `trainer.history` and `trainer.log_names`, add keys to `logs` in
-    `on_epoch_end`, and write `trainer.should_stop = True` (with `trainer.stop_reason`) to stop
+    step_in_epoch), `trainer.history`, `trainer.log_names` and `trainer.batches_per_epoch`, add
+    keys to `logs` in `on_epoch_end` (with `order` < 10, so loggers see them), and write `trainer.should_stop = True` (with `trainer.stop_reason`) to stop
     after the current step. Its `state_dict()` is saved in checkpoints and handed back through
     `load_state_dict()` on resume. Hooks with other `on_*` names are an error.
     """

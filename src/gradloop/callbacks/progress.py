@@ -1,8 +1,12 @@
-"""Progress display: one line per epoch (the rich live bar comes with the callbacks work)."""
+"""Progress display: a live rich bar on a terminal, one plain line per epoch everywhere else."""
 from __future__ import annotations
 
+import atexit
 import sys
-from typing import TYPE_CHECKING, TextIO
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import torch
 
 from .base import Callback
 
@@ -11,6 +15,7 @@ if TYPE_CHECKING:
 
 
 def format_logs(logs: dict[str, float]) -> str:
+    """`loss 0.1234  accuracy 0.9500  lr 0.001  1.2s`: the epoch's logs on one line."""
     parts = []
     for name, value in logs.items():
         if name == "time":
@@ -22,15 +27,112 @@ def format_logs(logs: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class ProgressBar(Callback):
-    """Prints `epoch E/N  loss ...  val_loss ...` at the end of every epoch."""
+    """Shows training progress: `epoch E/N  loss ...  val_loss ...  lr ...  1.2s` once per epoch.
+
+    When the output is a terminal (decided at construction, or forced with `live=True/False`) a
+    live bar also runs during each epoch: epoch E/N, batch/total, running loss, it/s and ETA.
+    Anywhere else (CI logs, pipes, notebooks, pytest's capture) only the one line per epoch is
+    printed, and the per-batch hook is not even installed, so the loop skips it entirely.
+
+    Cost of the live bar: a counter and a clock read per batch; at most `refresh_per_second`
+    times per second it reads that batch's loss (`float(loss)`, a host sync that waits for the
+    device to finish the step) and redraws. The running loss is the mean of those sampled batch
+    losses over the epoch so far; the epoch line printed at the end has the exact values.
+    """
 
     order = 10
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, refresh_per_second: float = 10.0) -> None:
+        if not refresh_per_second > 0:
+            raise ValueError(f"refresh_per_second must be positive; received: refresh_per_second={refresh_per_second!r}")
         self.stream = stream
+        self.live = _is_terminal(stream or sys.stdout) if live is None else bool(live)
+        self.refresh_interval = 1.0 / refresh_per_second
+        self._progress: Any = None
+        if self.live:
+            # An instance attribute, not a class method: the trainer calls per-batch hooks only on
+            # callbacks that override them, so a plain-lines ProgressBar costs nothing per batch.
+            self.on_train_batch_end = self._advance  # type: ignore[method-assign]
 
+    # ------------------------------------------------------------------ the epoch line (always)
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        stream = self.stream or sys.stdout
+        self._stop_live()
         width = len(str(trainer.max_epochs))
-        print(f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}  {format_logs(logs)}", file=stream, flush=True)
+        line = f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}  {format_logs(logs)}"
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        self._stop_live()
+
+    # ------------------------------------------------------------------ the live bar (terminal)
+    def on_epoch_start(self, trainer: "Trainer") -> None:
+        if not self.live:
+            return
+        self._stop_live()  # a bar left over by a fit that raised
+        self._progress = _new_progress(self.stream or sys.stdout)
+        width = len(str(trainer.max_epochs))
+        self._total = getattr(trainer, "batches_per_epoch", None)
+        self._batches = self._start_batches = trainer.state.batch_in_epoch  # not 0 when resuming mid-epoch
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._started = time.perf_counter()
+        self._next_refresh = 0.0  # draw at the first batch
+        self._task = self._progress.add_task(f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}",
+                                             total=self._total, completed=self._batches, info=self._info(0.0))
+        self._progress.start()
+        atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
+
+    def _advance(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        self._batches += 1
+        now = time.perf_counter()
+        if now < self._next_refresh or self._progress is None:
+            return
+        self._next_refresh = now + self.refresh_interval
+        self._loss_sum += float(loss)  # host sync, at most refresh_per_second times a second
+        self._loss_count += 1
+        self._progress.update(self._task, completed=self._batches, info=self._info(now - self._started))
+        self._progress.refresh()
+
+    def _info(self, elapsed: float) -> str:
+        """`412/938  loss 0.2345  1,234.5 it/s  ETA 0:03`: one text column (rich redraws tables slowly)."""
+        done = self._batches - self._start_batches
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self._batches}/{self._total if self._total is not None else '?'}"]
+        if self._loss_count:
+            parts.append(f"loss {self._loss_sum / self._loss_count:.4f}")
+        if rate > 0:
+            parts.append(f"{rate:,.1f} it/s")
+            if self._total is not None:
+                parts.append(f"ETA {_duration(max(self._total - self._batches, 0) / rate)}")
+        return "  ".join(parts)
+
+    def _stop_live(self) -> None:
+        if self._progress is not None:
+            progress, self._progress = self._progress, None
+            progress.stop()
+            atexit.unregister(self._stop_live)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _new_progress(stream: TextIO) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+        console=Console(file=stream, force_terminal=True), auto_refresh=False, transient=True,
+        # prints to the terminal during the epoch go above the bar; a stdout piped to a file stays put
+        redirect_stdout=_is_terminal(sys.stdout), redirect_stderr=_is_terminal(sys.stderr),
+    )

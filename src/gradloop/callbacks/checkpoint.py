@@ -1,0 +1,215 @@
+"""ModelCheckpoint: when to save and what to keep. How a file is stored is checkpoint.py's business."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import checkpoint
+from .base import Callback
+from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+LAST, BEST = "last.ckpt", "best.ckpt"
+_PERIODIC = re.compile(r"^epoch-(\d+)-step-(\d+)\.ckpt$")
+
+
+class ModelCheckpoint(Callback):
+    """Writes `checkpoints/last.ckpt`, `best.ckpt` and periodic `epoch-<E>-step-<N>.ckpt` files.
+
+    Every file is the full training state (`trainer.save_checkpoint`), so any of them resumes.
+    - Every `every_n_epochs` epochs (at the epoch's end) and/or every `every_n_steps` optimizer
+      steps, a periodic file `epoch-<E>-step-<N>.ckpt` is written (E counts from 0, N is
+      `trainer.state.global_step`); the newest `keep` of them are kept (`keep=None`: all,
+      `keep=0`: none). Older ones are deleted only after the new one is committed, so there is
+      always at least one good checkpoint.
+    - `best.ckpt` whenever `monitor` improves (checked at every epoch's end, Keras's rule with
+      `mode`); `last.ckpt` with every write, and once more at the end of training if the state
+      changed since: it is always the newest state.
+    - A state whose loss or weights are not finite is never written (a note says so): the files
+      from before stay as they were.
+
+    Files written at the same moment hold the same bytes: the first is written, the others are
+    hard links to it (or copies where links are not supported). Runs after the other callbacks
+    (`order = 20`), so their epoch-end state is part of the checkpoint. `dirpath` defaults to
+    `run_dir/checkpoints`; names are made here, never taken from data.
+    """
+
+    order = 20
+
+    def __init__(
+        self,
+        monitor: str = VAL_LOSS,
+        mode: str = "auto",
+        save_best: bool = True,
+        save_last: bool = True,
+        keep: int | None = 3,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        dirpath: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        _check_count("keep", keep, minimum=0)
+        _check_count("every_n_epochs", every_n_epochs, minimum=1)
+        _check_count("every_n_steps", every_n_steps, minimum=1)
+        self._requested = (monitor, mode)
+        self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
+        self.save_best, self.save_last = bool(save_best), bool(save_last)
+        self.keep, self.every_n_epochs, self.every_n_steps = keep, every_n_epochs, every_n_steps
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self._resolved = False
+        if every_n_steps is None:
+            # The trainer calls per-batch hooks only on callbacks that override them: without
+            # step-based saving, hide the override so that the loop skips the call per batch.
+            self.on_train_batch_end = super().on_train_batch_end  # type: ignore[method-assign]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best_path: str | None = None
+        self.kept: list[str] = []  # periodic files written by this run, oldest first
+        self._saved: tuple[int, int, int] | None = None  # (epoch, step, batch) of the state last written
+        self._seen_step = 0
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self.dirpath is None and trainer.run_dir is None:
+            raise ValueError("ModelCheckpoint needs a place to write: pass dirpath=... or Trainer(run_dir=...)")
+        monitor, mode = self._requested
+        if self.save_best:
+            self.monitor = resolve_monitor(trainer, monitor, "ModelCheckpoint")
+            self.mode = infer_mode(self.monitor, mode)
+            self._resolved = True
+        self._reset()  # a fresh fit starts over; a resumed one gets its state back through load_state_dict
+        self._seen_step = trainer.state.global_step
+
+    def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        state = trainer.state
+        stepped, self._seen_step = state.global_step != self._seen_step, state.global_step
+        # Only right after an optimizer step: inside an accumulation group the gradients so far
+        # are not part of a checkpoint.
+        if not stepped or self.every_n_steps is None or state.global_step % self.every_n_steps:
+            return
+        mark = (state.epoch, state.global_step, state.batch_in_epoch)
+        if mark == self._saved or not self._can_save(trainer, loss=loss):
+            return
+        periodic = self._periodic_name(state.epoch, state.global_step)
+        self._write(trainer, [periodic] if periodic else [], improved=None, mark=mark)
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        epoch, step = trainer.state.epoch, trainer.state.global_step
+        due = self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
+        value = logs.get(self.monitor) if self.save_best else None
+        improved = value is not None and is_improvement(float(value), self.best, self.mode)
+        if not (due or improved) or not self._can_save(trainer, epoch_loss=logs.get("loss")):
+            return
+        periodic = self._periodic_name(epoch, step) if due else None
+        # The trainer saves an epoch-end state as "epoch + 1 begins": mark it so.
+        self._write(trainer, [periodic] if periodic else [], improved=float(value) if improved else None,
+                    mark=(epoch + 1, step, 0))
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        state = trainer.state
+        mark = (state.epoch, state.global_step, state.batch_in_epoch)
+        if self.save_last and mark != self._saved and state.global_step > 0 and self._can_save(trainer):
+            self._write(trainer, [], improved=None, mark=mark)
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, trainer: "Trainer", periodic: list[str], improved: float | None, mark: tuple[int, int, int]) -> None:
+        names = periodic + ([BEST] if improved is not None else []) + ([LAST] if self.save_last else [])
+        if not names:
+            return
+        directory = self._directory(trainer)
+        before = (self.best, self.best_path, list(self.kept), self._saved)
+        doomed: list[str] = []
+        if periodic:
+            kept = [k for k in self.kept if k != periodic[0]] + periodic
+            cut = len(kept) - self.keep if self.keep is not None else 0
+            doomed, self.kept = kept[:max(cut, 0)], kept[max(cut, 0):]
+        if improved is not None:
+            self.best, self.best_path = improved, BEST
+        self._saved = mark
+        try:  # the callback's state_dict() is part of the file: it already describes the new state
+            first = trainer.save_checkpoint(checkpoint.path_in(directory, names[0]))
+            for name in names[1:]:
+                checkpoint.link(first, checkpoint.path_in(directory, name))
+        except BaseException:
+            self.best, self.best_path, self.kept, self._saved = before
+            raise
+        if periodic:  # only now that the new file is committed
+            self._prune(directory, doomed)
+
+    def _prune(self, directory: Path, doomed: list[str]) -> None:
+        """Deletes periodic files beyond `keep`, and ones this run does not track (from an earlier
+        run in the same directory, or written after the checkpoint that this run resumed from)."""
+        on_disk = [p.name for p in directory.iterdir() if _PERIODIC.match(p.name)] if directory.is_dir() else []
+        for name in doomed + [n for n in on_disk if n not in self.kept]:
+            try:
+                (directory / name).unlink(missing_ok=True)
+            except OSError as err:
+                print(f"gradloop: ModelCheckpoint could not delete {directory / name}: {err.strerror}", file=sys.stderr)
+
+    def _periodic_name(self, epoch: int, step: int) -> str | None:
+        return None if self.keep == 0 else f"epoch-{epoch}-step-{step}.ckpt"
+
+    def _directory(self, trainer: "Trainer") -> Path:
+        if self.dirpath is not None:
+            return self.dirpath
+        assert trainer.run_dir is not None  # checked in on_fit_start
+        return trainer.run_dir / "checkpoints"
+
+    def _can_save(self, trainer: "Trainer", loss: torch.Tensor | None = None, epoch_loss: float | None = None) -> bool:
+        """False (with a note) when the loss or the weights are not finite: such a state is never written."""
+        problem = None
+        if epoch_loss is not None and not math.isfinite(epoch_loss):
+            problem = f"the epoch's loss is {epoch_loss}"
+        elif loss is not None and not bool(torch.isfinite(loss).all()):  # a sync, but only when saving
+            problem = "the batch's loss is not finite"
+        elif not _weights_are_finite(trainer.model):
+            problem = "the weights are not finite"
+        if problem is None:
+            return True
+        where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
+        print(f"gradloop: ModelCheckpoint did not save at {where}: {problem}; the previous checkpoints stay", file=sys.stderr)
+        return False
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": str(self.monitor), "mode": self.mode, "best": self.best, "best_path": self.best_path,
+                "kept": list(self.kept), "saved": list(self._saved) if self._saved is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self._resolved:  # before on_fit_start (the trainer restores after it): take the saved view
+            self.monitor, self.mode = str(state.get("monitor", self.monitor)), str(state.get("mode", self.mode))
+        if state.get("monitor") == str(self.monitor) and state.get("mode") == self.mode:
+            self.best, self.best_path = float(state["best"]), state.get("best_path")
+        else:
+            print(f"gradloop: ModelCheckpoint now monitors {str(self.monitor)!r} ({self.mode}); the checkpoint's best "
+                  f"{state.get('monitor')!r} ({state.get('mode')}) does not apply and best.ckpt starts over", file=sys.stderr)
+        self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
+        saved = state.get("saved")
+        self._saved = tuple(saved) if saved is not None else None  # type: ignore[assignment]
+
+
+def _weights_are_finite(model: torch.nn.Module) -> bool:
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one host sync
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be None or an integer >= {minimum}; received: {name}={value!r}")

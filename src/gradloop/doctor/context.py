@@ -1,0 +1,172 @@
+"""What every check sees: the working copy of the model, the data as tensors, the loss, settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import nn
+
+from ..checks import eval_mode
+from ..devices import to_device
+from ..losses import CLASS_INDEX_LOSSES, LossFn
+from ..optim import OptimizerSpec
+from .inputs import Arrays
+from .preserve import ModelSnapshot
+from .report import Skip
+
+if TYPE_CHECKING:
+    from .lr_find import LRFindResult
+
+BINARY_LOSSES = ("bce", "bce_with_logits")
+REGRESSION_LOSSES = ("mse", "l1", "mae", "smooth_l1", "huber")
+# Loss modules passed as instances are recognised, so `trainer.find_lr` and user code get the same checks.
+LOSS_MODULES: dict[type, str] = {
+    nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.MSELoss: "mse", nn.L1Loss: "l1",
+    nn.SmoothL1Loss: "smooth_l1", nn.HuberLoss: "huber", nn.BCELoss: "bce", nn.BCEWithLogitsLoss: "bce_with_logits",
+}
+
+
+@dataclass
+class Settings:
+    """How hard the doctor tries; lower step counts make it faster and rougher."""
+
+    overfit_steps: int = 200
+    overfit_samples: int = 32
+    overfit_lr: float = 3e-3
+    lr_find_steps: int = 100
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    max_samples: int = 100_000
+    seed: int | None = 0
+
+
+@dataclass
+class Context:
+    """Shared by the checks. `reset()` gives the working copy its initial state before each check."""
+
+    model: nn.Module
+    initial: ModelSnapshot
+    loss_fn: LossFn
+    loss_name: str | None
+    optimizer: OptimizerSpec
+    lr: float | None
+    device: torch.device
+    batch_size: int
+    settings: Settings
+    train: Arrays | None = None
+    val: Arrays | None = None
+    load_error: str | None = None
+    n_outputs: int | None = None  # size of the model's output dimension 1 (1 for flat outputs)
+    probe_error: str | None = None  # the model fails on the inputs
+    fit_error: str | None = None  # its outputs do not fit the targets or the loss
+    usable: torch.Tensor | None = None  # indices of the training rows fit for the model checks
+    excluded: str = ""  # why rows were left out of `usable`
+    lr_result: LRFindResult | None = None
+    param_map: dict[int, nn.Parameter] = field(default_factory=dict)  # id(user's parameter) -> working copy's
+    _order: torch.Tensor | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ task
+    @property
+    def task(self) -> str | None:
+        """"classification" (class indices), "binary", "regression", or None for an unknown loss."""
+        if self.loss_name in CLASS_INDEX_LOSSES:
+            y = self.train.y if self.train is not None else None
+            if y is not None and y.is_floating_point() and y.ndim >= 2:
+                return "probabilities"
+            return "classification"
+        if self.loss_name in BINARY_LOSSES:
+            return "binary"
+        if self.loss_name in REGRESSION_LOSSES:
+            return "regression"
+        return None
+
+    def reset(self) -> None:
+        self.initial.restore(self.model)
+        for param in self.model.parameters():
+            param.grad = None
+
+    # ------------------------------------------------------------------ data access
+    def need_data(self) -> Arrays:
+        """The training split with targets; Skip when it could not be read."""
+        if self.train is None or self.load_error is not None:
+            raise Skip("the training data could not be read (see data.shapes)")
+        if not self.train.has_targets:
+            raise Skip("the training data has no targets (see data.shapes)")
+        return self.train
+
+    def need_inputs(self) -> Arrays:
+        """The training split with its inputs as one tensor; Skip otherwise."""
+        if self.train is None or self.load_error is not None:
+            raise Skip("the training data could not be read (see data.shapes)")
+        if self.train.X is None:
+            raise Skip("the inputs are not tensors, so per-sample data checks do not apply")
+        return self.train
+
+    def need_labels(self) -> Arrays:
+        train = self.need_inputs()
+        if train.y is None:
+            raise Skip("the training data has no targets (see data.shapes)")
+        return train
+
+    def need_model_batch(self) -> None:
+        """Skip unless the model runs on the data, its outputs fit the loss, and some rows are usable."""
+        self.need_data()
+        if self.probe_error is not None:
+            raise Skip("the model cannot process the data (see model.output)")
+        if self.usable is not None and self.usable.numel() == 0:
+            raise Skip(f"no training row is usable: {self.excluded}")
+        if self.fit_error is not None:
+            raise Skip("the outputs do not fit the targets or the loss (see model.output)")
+
+    def usable_targets(self) -> torch.Tensor | None:
+        """Targets of all usable training rows (None for raw, non-tensor batches)."""
+        if self.train is None or self.train.X is None or self.train.y is None:
+            return None
+        return self.train.y[self._usable()]
+
+    def batch(self, n: int) -> tuple[Any, torch.Tensor]:
+        """`n` usable training samples on the device, the same ones for every check (a seeded shuffle,
+        so sorted data does not give a one-class batch). Raw loader batches: the first one."""
+        train = self.need_data()
+        if train.X is None:
+            x, y = train.raw_batches[0]
+            return to_device(x, self.device), to_device(y, self.device)
+        rows = self._rows()[:n]
+        return train.X[rows].to(self.device), train.y[rows].to(self.device)  # type: ignore[index]
+
+    def stream(self, n: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        """Endless batches of `n` usable samples, reshuffled (locally seeded) every pass."""
+        train = self.need_data()
+        if train.X is None:
+            while True:
+                for x, y in train.raw_batches:
+                    yield to_device(x, self.device), to_device(y, self.device)
+        generator = torch.Generator().manual_seed(self.settings.seed or 0)
+        usable = self._usable()
+        n = min(n, usable.numel())
+        while True:
+            order = usable[torch.randperm(usable.numel(), generator=generator)]
+            for lo in range(0, order.numel() - n + 1, n):
+                rows = order[lo:lo + n]
+                yield train.X[rows].to(self.device), train.y[rows].to(self.device)  # type: ignore[index]
+
+    def _usable(self) -> torch.Tensor:
+        assert self.train is not None and self.train.X is not None
+        return self.usable if self.usable is not None else torch.arange(self.train.X.shape[0])
+
+    def _rows(self) -> torch.Tensor:
+        if self._order is None:
+            usable = self._usable()
+            generator = torch.Generator().manual_seed(self.settings.seed or 0)
+            self._order = usable[torch.randperm(usable.numel(), generator=generator)]
+        return self._order
+
+    def forward(self, inputs: Any, train: bool = False) -> torch.Tensor:
+        """One forward pass without gradients, in eval mode unless `train`."""
+        with torch.no_grad():
+            if train:
+                self.model.train()
+                return self.model(inputs)
+            with eval_mode(self.model):
+                return self.model(inputs)

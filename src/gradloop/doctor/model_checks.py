@@ -1,0 +1,261 @@
+"""Checks of the untrained model against the data and the loss: shapes, final activation,
+initial loss vs. chance, and train/eval consistency. All run without gradients."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .context import Context
+from .report import Check, Skip
+
+# An untrained model should score about chance; far above it is confidently wrong, far below
+# it knows what it cannot know yet (a label leaking into the inputs, or a broken loss).
+INITIAL_HIGH, INITIAL_LOW = 2.0, 0.5
+CHANCE_SAMPLES = 1024  # rows averaged for the initial loss
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+_BOUNDS = {nn.Sigmoid: (0.0, 1.0), nn.Softmax: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.ReLU: (0.0, math.inf),
+           nn.Softplus: (0.0, math.inf), nn.Hardsigmoid: (0.0, 1.0), nn.Hardtanh: (-1.0, 1.0)}
+
+
+def check_output(ctx: Context) -> Check:
+    train = ctx.need_data()
+    if ctx.probe_error is not None:
+        x, _ = (train.X, None) if train.X is not None else train.raw_batches[0]
+        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
+        advice = "make the model's first layer accept these inputs (e.g. nn.Linear(in_features=...), nn.Flatten() before it)"
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            advice = f"the inputs are {str(x.dtype).replace('torch.', '')}: convert them with X.float() (unless the first layer is an nn.Embedding)"
+        return Check("model.output", "fail", f"the model fails on inputs of shape {shape}: {ctx.probe_error}", advice)
+    if ctx.usable is not None and ctx.usable.numel() == 0:
+        raise Skip(f"no training row is usable: {ctx.excluded}")
+    x, y = ctx.batch(ctx.batch_size)
+    out = ctx.forward(x)
+    problem = output_problem(ctx, out, y)
+    if problem:
+        return Check("model.output", "fail", *problem)
+    return Check("model.output", "pass", f"outputs {_shape(out)} fit targets {_shape(y)} for {ctx.loss_name or 'the loss'}")
+
+
+def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> tuple[str, str] | None:
+    """(evidence, advice) when the outputs cannot be trained against `y` with the loss, else None."""
+    if not isinstance(out, torch.Tensor):
+        return (f"the model returns a {type(out).__name__}, not a tensor",
+                "return the output tensor (e.g. a HuggingFace model's .logits) from forward()")
+    problem = _shape_problem(ctx, out, y)
+    if problem:
+        return problem
+    try:
+        loss = ctx.loss_fn(out, y)
+    except Exception as err:
+        return (f"the loss fails on outputs {_shape(out)} and targets {_shape(y)}: {type(err).__name__}: {_first_line(err)}",
+                "make the outputs and targets fit the loss (see its documentation)")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = _shape(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        return f"the loss returns {got}, not a scalar", "reduce it to a scalar, e.g. with .mean()"
+    return None
+
+
+def _shape_problem(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[str, str] | None:
+    task = ctx.task
+    if task == "classification":
+        fits = out.ndim == y.ndim + 1 and out.shape[0] == y.shape[0] and out.shape[2:] == y.shape[1:]
+        if not fits:
+            fix = ("flatten the labels: y = y.reshape(-1)" if y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2
+                   else "end the model with nn.Linear(..., num_classes) for labels of shape (N,)")
+            return (f"outputs {_shape(out)} do not fit class labels {_shape(y)}: {ctx.loss_name} needs scores (N, C) "
+                    "for labels (N,)", fix)
+    elif task in ("probabilities", "binary", "regression") and out.shape != y.shape:
+        if out.numel() == y.numel():
+            return (f"outputs {_shape(out)} and targets {_shape(y)} differ in shape: {ctx.loss_name} would broadcast "
+                    f"them to {tuple(torch.broadcast_shapes(out.shape, y.shape)) if _broadcastable(out, y) else 'an error'}"
+                    " and compare every output with every target",
+                    f"reshape y to {tuple(out.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(y.shape)}")
+        return (f"outputs {_shape(out)} do not match targets {_shape(y)}: {ctx.loss_name} needs the same shape",
+                "give the model as many outputs as y has columns")
+    return None
+
+
+def _broadcastable(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+        return True
+    except RuntimeError:
+        return False
+
+
+def _last_module(ctx: Context, x: Any) -> tuple[str, nn.Module | None, torch.Tensor]:
+    """Runs the model once (eval, no grad) and names the leaf module whose output is the model's output."""
+    calls: list[tuple[str, nn.Module, Any]] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append((name, mod, out)))
+               for name, m in ctx.model.named_modules() if not list(m.children())]
+    try:
+        out = ctx.forward(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, module, result in reversed(calls):
+        if result is out:
+            return name, module, out
+    return "", None, out
+
+
+def check_loss_fit(ctx: Context) -> Check:
+    ctx.need_model_batch()
+    if ctx.loss_name is None:
+        raise Skip("a custom loss: the expected output range is unknown")
+    x, y = ctx.batch(ctx.batch_size)
+    name, last, out = _last_module(ctx, x)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not bool(torch.isfinite(out).all()):
+        raise Skip("the outputs are not finite floats (see model.output, train.nan_origin)")
+    final = f"final {type(last).__name__} ('{name}')" if last is not None else "final activation"
+    rows = out.ndim >= 2 and out.shape[1] > 1
+    probs = rows and bool((out >= 0).all()) and bool(((out.sum(1) - 1).abs() < 1e-3).all())
+    logprobs = rows and bool((out <= 0).all()) and bool((out.logsumexp(1).abs() < 1e-3).all())
+    unit = bool((out >= 0).all()) and bool((out <= 1).all())
+    low, high = float(out.min()), float(out.max())
+    loss = ctx.loss_name
+    if loss == "cross_entropy":
+        if isinstance(last, (nn.Softmax, nn.Softmin)) or probs:
+            return Check("model.loss_fit", "fail", f"outputs already sum to 1 per row ({final}), but cross_entropy "
+                         "applies log-softmax itself: gradients vanish and the loss cannot approach 0",
+                         "remove the final Softmax and return raw logits; apply softmax only when reading probabilities")
+        if isinstance(last, (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh)):
+            return Check("model.loss_fit", "fail", f"the {final} squashes the logits into [{low:.2g}, {high:.2g}] before "
+                         "cross_entropy: the model cannot become confident", "remove the final activation and return raw logits")
+        if isinstance(last, nn.LogSoftmax) or logprobs:
+            return Check("model.loss_fit", "warn", f"outputs are already log-probabilities ({final}); cross_entropy applies "
+                         "log-softmax again (harmless but redundant)", "drop the LogSoftmax, or use loss='nll' to make it explicit")
+        if isinstance(last, (nn.ReLU, nn.Softplus)):
+            return Check("model.loss_fit", "warn", f"a {final} clips the logits at 0: a class cannot be voted down",
+                         "remove the final activation and return raw logits")
+        return Check("model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), "
+                     "as cross_entropy expects")
+    if loss == "nll":
+        if logprobs:
+            return Check("model.loss_fit", "pass", "outputs are log-probabilities, as nll expects")
+        what = "probabilities" if probs else "not log-probabilities (exp(outputs) rows do not sum to 1)"
+        return Check("model.loss_fit", "fail", f"nll needs log-probabilities but the outputs are {what} ({final})",
+                     "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits")
+    if loss == "bce_with_logits":
+        if isinstance(last, (nn.Sigmoid, nn.Hardsigmoid)):
+            return Check("model.loss_fit", "fail", f"the {final} already maps outputs to [0, 1], and bce_with_logits applies "
+                         "a sigmoid again: the loss cannot approach 0", "remove the final Sigmoid (or use loss='bce')")
+        if unit and out.numel() >= 8:
+            return Check("model.loss_fit", "warn", f"all outputs lie in [{low:.3g}, {high:.3g}]: they look like probabilities, "
+                         "but bce_with_logits expects raw logits", "return raw scores; the loss applies the sigmoid itself")
+        return Check("model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects")
+    if loss == "bce":
+        if not unit:
+            return Check("model.loss_fit", "fail", f"bce needs probabilities in [0, 1] but outputs range over [{low:.3g}, {high:.3g}]",
+                         "use loss='bce_with_logits' on raw scores (numerically safer than Sigmoid + bce)")
+        return Check("model.loss_fit", "pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
+    bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
+    y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None else y
+    y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
+    if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
+        return Check("model.loss_fit", "fail", f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
+                     f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
+                     "remove the final activation for a regression target (or rescale the targets into its range)")
+    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), "
+                 f"fine for {loss}")
+
+
+def check_initial_loss(ctx: Context) -> Check:
+    ctx.need_model_batch()
+    x, y = ctx.batch(CHANCE_SAMPLES)
+    out = ctx.forward(x)
+    with torch.no_grad():
+        loss = float(ctx.loss_fn(out, y))
+    chance, how = _chance(ctx, out, y)
+    if not math.isfinite(loss):
+        return Check("model.initial_loss", "fail", f"the initial loss is {loss}", "see train.nan_origin for the module that produces it")
+    if chance <= 0:
+        return Check("model.initial_loss", "warn", f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})",
+                     "a constant target needs no model: check the labels")
+    ratio = loss / chance
+    evidence = f"initial loss {loss:.4g} vs chance level {chance:.4g} ({how}): ratio {ratio:.2f}"
+    if ratio > INITIAL_HIGH:
+        advice = ("standardize y, or initialize the last layer's bias to mean(y)" if ctx.task == "regression" else
+                  "the untrained model is confidently wrong: standardize the inputs and shrink the last layer's initial weights")
+        return Check("model.initial_loss", "warn", evidence, advice)
+    if ratio < INITIAL_LOW:
+        return Check("model.initial_loss", "warn", evidence,
+                     "an untrained model should not beat chance: check that the inputs do not contain the target")
+    return Check("model.initial_loss", "pass", evidence)
+
+
+def _chance(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
+    task = ctx.task
+    if task in ("classification", "probabilities"):
+        classes = int(out.shape[1])
+        return math.log(classes), f"ln {classes}, a uniform guess over {classes} classes"
+    if task == "binary":
+        return math.log(2), "ln 2, a guess of 0.5"
+    if task == "regression":
+        targets = ctx.usable_targets()
+        mean = (targets if targets is not None else y).float().mean(0).to(y.device)
+        with torch.no_grad():
+            return float(ctx.loss_fn(mean.expand_as(y).to(out.dtype), y)), "predicting mean(y)"
+    raise Skip("no chance level is known for a custom loss")
+
+
+def check_train_eval(ctx: Context) -> Check:
+    ctx.need_model_batch()
+    x, _ = ctx.batch(min(ctx.batch_size, 64))
+    if isinstance(x, torch.Tensor) and x.shape[0] < 2:
+        raise Skip("a single training sample: batch statistics are undefined")
+    first, second = ctx.forward(x), ctx.forward(x)
+    training = ctx.forward(x, train=True)
+    if not all(isinstance(t, torch.Tensor) for t in (first, second, training)):
+        raise Skip("the model does not return a tensor (see model.output)")
+    tolerance = 1e-5 * (1 + float(first.abs().max()))
+    if float((first - second).abs().max()) > tolerance:
+        return Check("model.train_eval", "warn", f"eval-mode outputs change between two identical calls (max difference "
+                     f"{float((first - second).abs().max()):.3g}): something random runs in eval mode",
+                     "use nn.Dropout modules, or pass training=self.training to F.dropout")
+    difference = float((training - first).abs().max())
+    explained = [f"{type(m).__name__}('{n}')" for n, m in ctx.model.named_modules() if _mode_dependent(m)]
+    if difference > tolerance and not explained:
+        return Check("model.train_eval", "warn", f"train- and eval-mode outputs differ by up to {difference:.3g}, "
+                     "but the model has no dropout or batch-norm module to explain it",
+                     "look for code that branches on self.training or keeps state between forward calls")
+    if difference > tolerance:
+        return Check("model.train_eval", "pass", f"train- and eval-mode outputs differ by up to {difference:.3g}, "
+                     f"explained by {', '.join(explained[:4])}{' ...' if len(explained) > 4 else ''}")
+    return Check("model.train_eval", "pass", "train- and eval-mode outputs agree" +
+                 (" (no dropout or batch-norm module)" if not explained else ""))
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    if isinstance(module, _DROPOUTS):
+        return module.p > 0
+    if isinstance(module, _NORMS):
+        return bool(module.track_running_stats)
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
+        return float(getattr(module, "dropout", 0) or 0) > 0
+    return False
+
+
+def _name(name: str, module: nn.Module | None) -> str:
+    return f"{type(module).__name__} '{name}'" if module is not None else "unknown"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (
+    ("model.output", check_output),
+    ("model.loss_fit", check_loss_fit),
+    ("model.initial_loss", check_initial_loss),
+    ("model.train_eval", check_train_eval),
+)

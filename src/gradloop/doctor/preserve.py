@@ -1,0 +1,71 @@
+"""Leave no trace: snapshots of a model's tensors, flags and modes, and of the global RNGs."""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelSnapshot:
+    """Copies of every parameter, buffer and gradient, each `requires_grad` flag and each module's mode.
+
+    Parameters and buffers are restored in place (`copy_`), so optimizers and other references to
+    them stay valid. Costs one copy of the model's tensors.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor | None]
+    requires_grad: dict[str, bool]
+    modes: list[bool]
+
+    @classmethod
+    def capture(cls, model: nn.Module) -> "ModelSnapshot":
+        with torch.no_grad():
+            tensors = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters()}
+            tensors.update({f"b:{n}": b.detach().clone() for n, b in model.named_buffers()})
+            grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+        return cls(
+            tensors=tensors,
+            grads=grads,
+            requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+            modes=[m.training for m in model.modules()],
+        )
+
+    def restore(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(self.tensors[f"p:{name}"])
+                param.requires_grad_(self.requires_grad[name])
+                saved = self.grads[name]
+                param.grad = saved.clone() if saved is not None else None
+            for name, buffer in model.named_buffers():
+                buffer.copy_(self.tensors[f"b:{name}"])
+        for module, training in zip(model.modules(), self.modes):
+            module.training = training
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device, seed: int | None) -> Iterator[None]:
+    """Saves python's, numpy's and torch's global RNG states (and the device's), optionally seeds
+    them for repeatable checks, and puts the saved states back on exit, whatever happened."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    # torch.manual_seed also reseeds every initialized CUDA device, so all of them are saved then.
+    use_cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    devices = list(range(torch.cuda.device_count())) if use_cuda else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        try:
+            if seed is not None:
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
