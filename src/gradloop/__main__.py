@@ -1,0 +1,4 @@
+"""`python -m gradloop ...` is the `gradloop` command."""
+from .cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""`gradloop doctor CONFIG.toml`: the doctor's checks on the config's data and model.
+
+Exit codes: 0 no check failed, 1 a check failed (bad data included), 2 the config cannot be used.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Sequence
+
+from ..config import validate
+from ..errors import UsageError, one_line
+from ..session import build, resolve_paths
+from ..tomlfile import apply_overrides, read_toml
+
+
+def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
+    try:
+        doctor_module = importlib.import_module("gradloop.doctor")
+    except ImportError:
+        print("gradloop: the doctor is not available in this installation (module gradloop.doctor is missing)")
+        return 1
+    path = Path(config_path)
+    config = validate(apply_overrides(read_toml(path), overrides), str(path))
+    config = resolve_paths(config, path.parent.resolve())
+    # lenient: data and model faults are the doctor's to report, not ours to reject
+    session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
+    train, data = session.config.train, session.data
+    options = {"loss": train.loss, "val": data.val, "optimizer": train.optimizer, "lr": train.lr,
+               "batch_size": config.data.batch_size, "device": train.device}
+    accepted = inspect.signature(doctor_module.doctor).parameters
+    print(f"gradloop doctor: {path} ({session.spec.describe()})", flush=True)
+    try:
+        report = doctor_module.doctor(session.model, data.train, **{k: v for k, v in options.items() if k in accepted})
+    except (ValueError, TypeError) as err:
+        raise UsageError(one_line(str(err))) from None
+    print(report)
+    return 0 if report.ok else 1

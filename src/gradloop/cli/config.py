@@ -1,0 +1,316 @@
+"""The run configuration: a typed, validated schema with one-line errors.
+
+Sections: `[data]`, `[model]`, `[train]`, `[callbacks.<name>]`. Unknown keys, wrong types and
+out-of-range values are a `UsageError` naming the key (with a "did you mean" for typos).
+Reading, `--set` overrides and writing TOML live in `tomlfile.py`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UsageError, did_you_mean
+from .tomlfile import apply_overrides, dumps_toml, read_toml
+
+BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu")
+_PRECISION_ALIASES = {"16": "16-mixed", "fp16": "16-mixed", "bf16": "bf16-mixed", "32-true": "32", "fp32": "32"}
+
+
+class _Section(BaseModel):
+    # strict: a TOML string is never silently turned into a number (ints still widen to floats)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(_Section):
+    """Where the samples come from and how they are split and scaled."""
+
+    name: str | None = None  # a bundled scikit-learn dataset
+    path: str | None = None  # a .csv, an .npz (X, y) or an MNIST-style IDX folder
+    target: str = "target"  # CSV column holding the labels or values
+    val_path: str | None = None  # separate validation file (instead of val_split)
+    test_path: str | None = None  # separate test file
+    val_split: float = Field(0.2, ge=0.0, lt=1.0)  # held-out share; stratified for classification
+    batch_size: int = Field(64, ge=1)
+    standardize: bool = True  # fitted on the training split only
+    task: Literal["auto", "classification", "regression"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str | None) -> str | None:
+        if name is not None and name not in BUNDLED:
+            raise ValueError(f"unknown bundled dataset {name!r}{did_you_mean(name, BUNDLED)}; choose one of {', '.join(BUNDLED)}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of data.name (a bundled dataset: " + ", ".join(BUNDLED) + ") or data.path (a CSV, NPZ or IDX folder)")
+        if self.val_path is not None and "val_split" in self.model_fields_set and self.val_split > 0:
+            raise ValueError("data.val_path and data.val_split are both given: keep one of them")
+        return self
+
+
+_CNN_ONLY = ("channels", "kernel_size", "pool")
+
+
+class ModelConfig(_Section):
+    """`mlp`, `cnn`, or `"package.module:factory"` called with (input_shape, num_outputs, **options)."""
+
+    name: str = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [128])  # widths of the hidden dense layers
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: str = "relu"
+    batch_norm: bool = False
+    channels: list[int] = Field(default_factory=lambda: [32, 64])  # cnn: one conv block per entry
+    kernel_size: list[int] = Field(default_factory=lambda: [3])  # cnn: one size, or one per block
+    pool: Literal["max", "avg", "none"] = "max"  # cnn: 2x2 pooling after each block
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for a factory
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in ("mlp", "cnn") and ":" not in name:
+            raise ValueError(f"unknown model {name!r}{did_you_mean(name, ('mlp', 'cnn'))}: use 'mlp', 'cnn' or 'package.module:factory'")
+        return name
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, name: str) -> str:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; choose one of {', '.join(ACTIVATIONS)}")
+        return name
+
+    @field_validator("kernel_size", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("hidden", "channels", "kernel_size")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError(f"every entry must be a positive integer; got {values}")
+        return values
+
+
+class TrainConfig(_Section):
+    """Optimizer, loss, metrics and loop settings, passed to `gl.Trainer`."""
+
+    optimizer: str = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float | None = Field(None, ge=0.0)
+    loss: str | None = None  # default: cross_entropy (classification) or mse (regression)
+    metrics: list[str] | None = None  # default: accuracy (classification) or mae, r2 (regression)
+    max_epochs: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    device: str = "auto"
+    grad_clip_norm: float | None = Field(None, gt=0.0)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch (default: torch's choice)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return _PRECISION_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from ..optim import OPTIMIZERS
+
+        if name.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), OPTIMIZERS)}; choose one of {', '.join(OPTIMIZERS)}")
+        return name.lower()
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str | None) -> str | None:
+        if name is not None:
+            from ..losses import resolve_loss
+
+            resolve_loss(name)  # raises ValueError naming the choices
+        return name
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            from ..metrics import resolve_metric
+
+            for name in names:
+                resolve_metric(name)
+        return names
+
+
+class EarlyStoppingConfig(_Section):
+    """`gl.EarlyStopping`; the monitor defaults to val_loss (loss without validation data)."""
+
+    monitor: str | None = None
+    min_delta: float = Field(0.0, ge=0.0)
+    patience: int = Field(0, ge=0)
+    mode: Literal["auto", "min", "max"] = "auto"
+    baseline: float | None = None
+    restore_best_weights: bool = False
+    start_from_epoch: int = Field(0, ge=0)
+
+
+class ReduceLROnPlateauConfig(_Section):
+    """`gl.ReduceLROnPlateau` (torch's scheduler of the same name)."""
+
+    monitor: str | None = None
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(10, ge=0)
+    mode: Literal["auto", "min", "max"] = "auto"
+    min_delta: float = Field(1e-4, ge=0.0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class ModelCheckpointConfig(_Section):
+    """`gl.ModelCheckpoint`: replaces the default one a run directory gets."""
+
+    monitor: str | None = None
+    mode: Literal["auto", "min", "max"] = "auto"
+    save_best: bool = True
+    save_last: bool = True
+    keep: int = Field(3, ge=0)
+    every_n_epochs: int = Field(1, ge=1)
+
+
+class TerminateOnNaNConfig(_Section):
+    """`gl.TerminateOnNaN` (no settings)."""
+
+
+class CallbacksConfig(_Section):
+    """A table present turns its callback on."""
+
+    early_stopping: EarlyStoppingConfig | None = None
+    reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = None
+    model_checkpoint: ModelCheckpointConfig | None = None
+    terminate_on_nan: TerminateOnNaNConfig | None = None
+
+
+class Config(_Section):
+    """A whole run: what `gradloop fit` reads and what it writes to RUN_DIR/config.toml."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The settings as a plain dict, without unset optional keys and keys the choices make moot
+        (cnn-only keys for an mlp, `target` for a bundled dataset, `val_split` beside `val_path`)."""
+        raw = self.model_dump(exclude_none=True)
+        if self.model.name == "mlp":
+            unused: tuple[str, ...] = (*_CNN_ONLY, "options")
+        elif self.model.name == "cnn":
+            unused = ("options",)
+        else:  # a factory gets `options` only
+            unused = tuple(k for k in raw["model"] if k not in ("name", "options"))
+        raw["model"] = {k: v for k, v in raw["model"].items() if k not in unused}
+        if self.data.name is not None:
+            raw["data"].pop("target", None)
+        if self.data.val_path is not None:
+            raw["data"].pop("val_split", None)  # unused, and both together are an error
+        if not raw["callbacks"]:
+            del raw["callbacks"]
+        return raw
+
+    def to_toml(self) -> str:
+        """The resolved settings as TOML: what RUN_DIR/config.toml holds."""
+        return dumps_toml(self.resolved())
+
+
+# --------------------------------------------------------------------------------- validation
+def validate(raw: dict[str, Any], source: str) -> Config:
+    """Validates a raw config dict; the first problem becomes a one-line UsageError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        problems = err.errors(include_url=False)
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise UsageError(f"{source}: {describe(problems[0])}{more}") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Reads, overrides and validates a config file."""
+    return validate(apply_overrides(read_toml(path), overrides), str(path))
+
+
+# --------------------------------------------------------------------------------- messages
+_EXPECTED = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+
+
+def describe(problem: dict[str, Any]) -> str:
+    """One pydantic error as `key: what is wrong`."""
+    loc = [p for p in problem["loc"] if isinstance(p, int) or not _is_type_tag(p)]
+    key = _dotted(loc)
+    kind, value = problem["type"], problem.get("input")
+    if kind == "extra_forbidden":
+        parent, name = loc[:-1], str(loc[-1])
+        fields = _fields_at(parent)
+        what = "section" if _dotted(parent) in ("", "callbacks") else "key"
+        hint = did_you_mean(name, fields, prefix=f"{_dotted(parent)}." if parent else "")
+        return f"unknown {what} {key!r}{hint}; {_dotted(parent) or 'the config'} accepts: {', '.join(fields)}"
+    if kind == "missing":
+        if key == "data":
+            return "missing [data] section: set data.name (a bundled dataset) or data.path (a file)"
+        return f"missing key {key!r}"
+    if kind == "value_error":
+        message = str(problem.get("ctx", {}).get("error", problem["msg"]))
+        return message if key == "" or key in message else f"{key}: {message}"
+    if kind in _EXPECTED:
+        return f"{key} must be {_EXPECTED[kind]}; got {_show(value)}"
+    message = problem["msg"].replace("Input should be", "must be")
+    return f"{key} {message}; got {_show(value)}"
+
+
+def _is_type_tag(part: Any) -> bool:
+    text = str(part)
+    return "[" in text or text in ("int", "float", "str", "bool", "function-after", "function-before")
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(loc: Sequence[Any]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)

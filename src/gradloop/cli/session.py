@@ -1,0 +1,187 @@
+"""Config -> everything a command needs: data arrays, model, callbacks and a `gl.Trainer`.
+
+All checks happen here, before any command writes a file: paths exist, the data parses, the
+model builds and accepts the data, the monitored names will be logged. Failures are
+`UsageError`s naming the config key or file.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import Config
+from .datasets import load_raw
+from .errors import UsageError, did_you_mean, one_line
+from .prepare import DataSpec, Prepared, prepare
+
+# config table -> (module under gradloop.callbacks, class name)
+CALLBACKS = {
+    "early_stopping": ("early_stopping", "EarlyStopping"),
+    "reduce_lr_on_plateau": ("lr", "ReduceLROnPlateau"),
+    "model_checkpoint": ("checkpoint", "ModelCheckpoint"),
+    "terminate_on_nan": ("nan", "TerminateOnNaN"),
+}
+
+
+@dataclass
+class Session:
+    """A validated, ready-to-train run (nothing written yet)."""
+
+    config: Config  # resolved: absolute paths, loss/metrics/monitors filled in
+    data: Prepared
+    model: Any  # nn.Module
+    trainer: Any  # gl.Trainer
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.data.spec
+
+
+def resolve_paths(config: Config, base: Path | None) -> Config:
+    """Makes data paths absolute: relative ones are looked up beside the config file, then in the CWD."""
+    data = config.data
+    updates = {}
+    for key in ("path", "val_path", "test_path"):
+        value = getattr(data, key)
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        candidates = [path] if path.is_absolute() else [*([base / path] if base else []), Path.cwd() / path]
+        found = next((p for p in candidates if p.exists()), None)
+        if found is None:
+            where = " or ".join(str(p.parent) for p in dict.fromkeys(candidates))
+            raise UsageError(f"data.{key}: file {value!r} does not exist (looked in {where})")
+        updates[key] = str(found.resolve())
+    if updates:
+        config = config.model_copy(update={"data": data.model_copy(update=updates)})
+    return config
+
+
+def resolve_defaults(config: Config, spec: DataSpec, has_val: bool) -> Config:
+    """Fills in what the data decides: loss and metrics for the task, callback monitors."""
+    train = config.train
+    classify = spec.task == "classification"
+    updates: dict[str, Any] = {}
+    if train.loss is None:
+        updates["loss"] = "cross_entropy" if classify else "mse"
+    if train.metrics is None:
+        updates["metrics"] = ["accuracy"] if classify else ["mae", "r2"]
+    train = train.model_copy(update=updates)
+    callbacks = config.callbacks
+    for key in CALLBACKS:
+        section = getattr(callbacks, key)
+        if section is not None and "monitor" in type(section).model_fields and section.monitor is None:
+            callbacks = callbacks.model_copy(update={key: section.model_copy(update={"monitor": "val_loss" if has_val else "loss"})})
+    return config.model_copy(update={"train": train, "callbacks": callbacks})
+
+
+def log_names(config: Config, has_val: bool) -> list[str]:
+    """The names the Trainer will log each epoch (for checking monitors up front)."""
+    from ..metrics import resolve_metrics
+
+    names = ["loss", *(m.name for m in resolve_metrics(config.train.metrics, config.train.loss))]
+    if has_val:
+        names += [f"val_{n}" for n in names]
+    return names + ["lr"]
+
+
+def check_monitors(config: Config, has_val: bool) -> None:
+    available = log_names(config, has_val)
+    for key in CALLBACKS:
+        section = getattr(config.callbacks, key)
+        monitor = getattr(section, "monitor", None)
+        if monitor is not None and monitor not in available:
+            hint = did_you_mean(monitor, available)
+            extra = "" if has_val or not monitor.startswith("val_") else " (there is no validation data: data.val_split is 0)"
+            raise UsageError(f"callbacks.{key}.monitor = {monitor!r} is not logged{extra}{hint}; available: {', '.join(available)}")
+
+
+def build_callbacks(config: Config) -> list[Any]:
+    """gl callbacks for the `[callbacks.*]` tables present (imported only when used)."""
+    callbacks = []
+    for key, (module, name) in CALLBACKS.items():
+        section = getattr(config.callbacks, key)
+        if section is None:
+            continue
+        cls = callback_class(module, name)
+        if cls is None:
+            raise UsageError(f"[callbacks.{key}]: gl.{name} is not available in this gradloop installation yet: remove the table")
+        try:
+            callbacks.append(cls(**section.model_dump()))
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"[callbacks.{key}]: {one_line(str(err))}") from None
+    return callbacks
+
+
+def callback_class(module: str, name: str) -> type | None:
+    try:
+        return getattr(importlib.import_module(f"gradloop.callbacks.{module}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def load_data(config: Config, spec: DataSpec | None = None, check_finite: bool = True) -> Prepared:
+    """Reads and prepares the config's data (with a saved `spec`: the run's classes and scaling)."""
+    return prepare(load_raw(config.data), config.data, config.train.seed, spec, check_finite)
+
+
+def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = None,
+          search_paths: Sequence[Path] = (), data: Prepared | None = None, with_callbacks: bool = True,
+          default_callbacks: bool = True, extra_callbacks: Sequence[Any] = (), strict: bool = True) -> Session:
+    """Loads the data, resolves defaults, builds (seeded) the model and the Trainer, and checks
+    that model and data fit together. Writes nothing.
+
+    `strict=False` (for the doctor) lets non-finite inputs through and skips the model/data check.
+    """
+    import torch
+
+    from .. import Trainer
+    from ..checks import check_model_fits_data
+    from ..data import make_batches
+    from .models import build_model
+
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    data = data or load_data(config, spec, check_finite=strict)
+    config = resolve_defaults(config, data.spec, data.val is not None)
+    check_monitors(config, data.val is not None)
+    torch.manual_seed(config.train.seed)  # the model's initial weights follow the seed too
+    model = build_model(config.model, data.spec, search_paths)
+    train = config.train
+    options = {"weight_decay": train.weight_decay} if train.weight_decay else {}
+    if train.momentum is not None:
+        options["momentum"] = train.momentum
+    try:
+        trainer = Trainer(
+            model, optimizer=train.optimizer, lr=train.lr, loss=train.loss, metrics=train.metrics,
+            callbacks=[*(build_callbacks(config) if with_callbacks else []), *extra_callbacks], max_epochs=train.max_epochs,
+            max_steps=train.max_steps, device=train.device, precision=train.precision,
+            grad_clip_norm=train.grad_clip_norm, accumulate_grad_batches=train.accumulate_grad_batches,
+            seed=train.seed, run_dir=run_dir, optimizer_options=options or None, default_callbacks=default_callbacks,
+        )
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"[train]: {one_line(str(err))}") from None
+    for role, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if pair is None or not strict:
+            continue
+        try:  # the model meets the data: output shape, label range, loss and metrics
+            batches = make_batches(pair, config.data.batch_size, False, trainer.device, role)
+            check_model_fits_data(trainer.model, batches, trainer.loss_fn, trainer.loss_name, trainer.metrics, role)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"model {config.model.name!r} does not fit the data ({data.spec.dataset}): {one_line(str(err))}") from None
+    return Session(config, data, model, trainer)
+
+
+def describe_device(trainer: Any) -> str:
+    import torch
+
+    device = trainer.device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads != 1 else ''}, {os.cpu_count()} cores)"
+    return str(device)

@@ -1,0 +1,88 @@
+"""Text for people: the resolved settings, best epochs, final metrics, a run's metrics.csv."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+NOT_METRICS = ("epoch", "lr", "time", "grad_norm")
+
+
+def settings_lines(config: dict[str, Any]) -> list[str]:
+    """One line per config section: `train   optimizer="adam" lr=0.001 ...` (TOML-style values)."""
+    lines = []
+    for section, values in config.items():
+        if section == "callbacks":
+            for name, options in values.items():
+                lines.append(f"  callbacks.{name}  {_pairs(options)}".rstrip())
+        else:
+            lines.append(f"  {section:<6} {_pairs(values)}")
+    return lines
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_value(v)}" for k, v in values.items() if v is not None and v != {})
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def metric_mode(name: str) -> str:
+    from ..callbacks.monitor import infer_mode
+
+    try:
+        return infer_mode(name, "auto")
+    except ValueError:
+        return "min"
+
+
+def best_epoch(rows: Sequence[dict[str, float]], monitor: str) -> tuple[int, float] | None:
+    """(epoch index, value) of the best finite `monitor` value, or None."""
+    values = [(i, row.get(monitor, math.nan)) for i, row in enumerate(rows)]
+    values = [(i, v) for i, v in values if isinstance(v, float) and math.isfinite(v)]
+    if not values:
+        return None
+    pick = min if metric_mode(monitor) == "min" else max
+    return pick(values, key=lambda iv: iv[1])
+
+
+def default_monitor(rows: Sequence[dict[str, float]]) -> str:
+    return "val_loss" if rows and "val_loss" in rows[-1] else "loss"
+
+
+def fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+def metrics_text(row: dict[str, float], names: Sequence[str] | None = None) -> str:
+    names = names or [k for k in row if k not in NOT_METRICS]
+    return "  ".join(f"{k} {fmt(row[k])}" for k in names if k in row)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """metrics.csv rows as dicts of floats (empty cells left out); [] when there is no file."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return []
+    out = []
+    for row in rows:
+        parsed = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        out.append(parsed)
+    return out
