@@ -13,6 +13,7 @@ Layout of `Trainer.state_dict()` (format version in checkpoint.py):
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import CheckpointError
+from . import checkpoint
 from .state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -67,13 +68,13 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         warnings.warn(message, stacklevel=3)
 
 
-def restore_model_and_progress(trainer: "Trainer", saved: dict[str, Any]) -> None:
-    """Weights, optimizer, scaler, counters and history: what callbacks may read in on_fit_start."""
-    try:
-        trainer.model.load_state_dict(saved["model"])
-        trainer.optimizer.load_state_dict(saved["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"the checkpoint does not fit this model or optimizer: {str(err).splitlines()[0]}") from None
+def restore_model_and_progress(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike[str] = "the checkpoint") -> None:
+    """Weights, optimizer, scaler, counters and history: what callbacks may read in on_fit_start.
+
+    A checkpoint of another model or optimizer is one CheckpointError naming `source`.
+    """
+    checkpoint.load_model_state(trainer.model, saved["model"], source)
+    checkpoint.load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
     if trainer.precision.scaler is not None and saved.get("scaler") is not None:
         trainer.precision.scaler.load_state_dict(saved["scaler"])
     trainer.state.load_state_dict(saved["progress"])

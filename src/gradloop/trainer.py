@@ -21,6 +21,7 @@ from .history import History
 from .losses import LossFn, resolve_loss
 from .metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .optim import OptimizerSpec, build_optimizer
+from .runlock import RunLock
 from .signals import GracefulStop
 from .state import TrainState, seed_everything
 
@@ -282,20 +283,23 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Loads a checkpoint written by `save_checkpoint` (verified, no code unpickled)."""
-        self.load_state_dict(checkpoint.load(Path(path), map_location=self.device))
+        saved = checkpoint.load(Path(path), map_location=self.device)
+        snapshot.restore_model_and_progress(self, saved, source=path)
+        snapshot.restore_after_setup(self, saved)
 
     def _load_resume_point(self, resume: str | os.PathLike[str]) -> dict[str, Any] | None:
         if str(resume) == "last":
             assert self.run_dir is not None
-            path = checkpoint.latest(self.run_dir / "checkpoints")
-            if path is None:
+            found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.device)  # verifies once
+            if found is None:
                 print(f"gradloop: no checkpoint in {self.run_dir / 'checkpoints'} yet: starting from scratch", file=sys.stderr)
                 return None
+            path, saved = found
         else:
             path = Path(resume)
-        saved = checkpoint.load(path, map_location=self.device)
+            saved = checkpoint.load(path, map_location=self.device)
         snapshot.check_settings(saved, self._settings, path)
-        snapshot.restore_model_and_progress(self, saved)
+        snapshot.restore_model_and_progress(self, saved, source=path)
         print(f"gradloop: resuming from {path} (epoch {self.state.epoch}, step {self.state.global_step})", file=sys.stderr)
         return saved
 
@@ -346,10 +350,6 @@ class Trainer:
 
 
 def _run_lock(run_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
-    try:
-        from .runlock import RunLock
-    except ImportError:  # TODO(lead): runlock lands with the checkpoint work; drop this fallback then
-        return contextlib.nullcontext()
     return RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
 
 
