@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from ..runlock import RunDirLocked
 from .errors import UsageError, one_line
 
 EXAMPLES = {
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except UsageError as err:
         print(f"gradloop: error: {err}", file=sys.stderr)
+        return 2
+    except RunDirLocked as err:  # another process trains in this run directory
+        print(f"gradloop: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngradloop: interrupted", file=sys.stderr)
