@@ -110,6 +110,9 @@ OPTIMIZERS = {
     "adam-name": (lambda m: "adam", 0.01, lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01, **same_impl(o))),
     "adam-instance": (lambda m: torch.optim.Adam(m.parameters(), lr=0.01), None,
                       lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01)),
+    # A name must also give the very numbers of torch's default implementation (the tutorial's).
+    "adam-name-vs-default": (lambda m: "adam", 0.01, lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01)),
+    "sgd-name-vs-default": (lambda m: "sgd", 0.05, lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05)),
 }
 
 

@@ -202,7 +202,7 @@ class MetricSet:
         self.grad_norm_steps = int(state["grad_norm_steps"])
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor | None, targets: torch.Tensor | None, n: int) -> None:
-        self.loss_sum += loss.detach() * n
+        self.loss_sum.add_(loss.detach(), alpha=n)  # one op, in the sum's dtype
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
                 total += metric.batch_sums(outputs, targets, n)
