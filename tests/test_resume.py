@@ -115,3 +115,14 @@ def test_save_and_load_checkpoint_on_a_fresh_trainer(tmp_path):
         assert torch.equal(a, b)
     assert fresh.history.epochs == trainer.history.epochs
     assert fresh.state.global_step == trainer.state.global_step
+
+
+def test_a_run_dir_that_cannot_be_written_fails_before_training(tmp_path):
+    X, y, model = make_problem()
+    before = copy.deepcopy(model.state_dict())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # works as root too, unlike chmod
+    trainer = make_trainer(model, blocker / "run")
+    with pytest.raises(ValueError, match="cannot be written.*choose a writable directory"):
+        trainer.fit((X, y), batch_size=16)
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), model.state_dict().values()))
