@@ -96,6 +96,8 @@ def curves_figure(history_epochs: Sequence[dict[str, Any]]) -> "Figure":
             # plain labels ("0.0006", "1e-05"): the default 6x10^-4 minor labels overflow the margin
             ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
             ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+        if title == "lr" and not varies and finite:  # a constant LR: one labelled line, not offset ticks
+            ax.set_yticks([finite[0]], labels=[f"{finite[0]:g}"])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(set(x)) == 1:
             ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
