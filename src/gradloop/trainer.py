@@ -244,7 +244,8 @@ class Trainer:
         return self._evaluate(batches, f"{role}_")
 
     def predict(self, data: Any, batch_size: int | None = None) -> torch.Tensor:
-        """Model outputs for every sample, concatenated on the CPU (eval mode, no grad)."""
+        """Model outputs for every sample, concatenated on the CPU (eval mode, no grad; float32 under
+        mixed precision)."""
         batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict",
                                needs_targets=False)
         outputs = []
@@ -252,7 +253,10 @@ class Trainer:
             for inputs, _ in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
                     outputs.append(self.model(inputs))
-        return torch.cat(outputs).cpu()
+        predictions = torch.cat(outputs).cpu()
+        if predictions.dtype in (torch.float16, torch.bfloat16):  # autocast's dtype: numpy cannot take bfloat16
+            predictions = predictions.float()
+        return predictions
 
     def find_lr(self, data: Any, batch_size: int | None = None, **options: Any) -> "LRFindResult":
         """LR range test on a copy of the model with a fresh optimizer like this trainer's.
