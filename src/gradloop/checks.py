@@ -1,7 +1,8 @@
 """Checks run before the first step: does the model's output fit the targets and the loss?"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch.utils.data import TensorDataset
 from .data import Batches, LoaderBatches, TensorBatches
 from .losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
 from .metrics import Metric
+from .state import rng_state, set_rng_state
 
 
 def _shape(t: Any) -> str:
@@ -39,6 +41,12 @@ def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, l
 
     Draws no random numbers and changes no state. Raises ValueError naming the problem and the fix.
     """
+    with preserved_rng():  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
+        _check_model_fits_data(model, batches, loss_fn, loss_name, metrics, role)
+
+
+def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None,
+                           metrics: Sequence[Metric], role: str) -> None:
     sample = batches.peek(2)
     if sample is None:
         return
@@ -80,6 +88,16 @@ def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, l
                     f"metric {metric.name!r} cannot compare model outputs {_shape(outputs)} with targets "
                     f"{_shape(targets)}: {type(err).__name__}: {_first_line(err)}"
                 ) from err
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restores python's, numpy's and torch's (CPU and CUDA) generators on exit."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def check_targets(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str) -> None:

@@ -32,6 +32,7 @@ _ALIASES = {
     "binary_cross_entropy_with_logits": "bce_with_logits",
 }
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+CLASSIFICATION_LOSSES = ("cross_entropy", "nll", "bce", "bce_with_logits")
 SAME_SHAPE_LOSSES = ("mse", "l1", "mae", "smooth_l1", "huber", "bce", "bce_with_logits")
 
 

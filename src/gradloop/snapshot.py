@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint
+from .checkpoint import CheckpointError
 from .state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         if key not in settings or settings[key] == value:
             continue
         message = f"checkpoint {str(path)!r} was written with {key}={settings[key]!r}, this run has {key}={value!r}"
+        if key == "optimizer":
+            raise CheckpointError(f"{message}: build the Trainer with the same optimizer to resume")
         if mid_epoch and key in _POSITION_SETTINGS:
             raise ValueError(f"{message}: the saved position inside the epoch does not apply; resume with the same data and {key}")
         warnings.warn(message, stacklevel=3)

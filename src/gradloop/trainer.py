@@ -18,7 +18,7 @@ from .checks import check_model_fits_data, eval_mode
 from .data import Batches, make_batches
 from .devices import Precision, resolve_device, resolve_precision
 from .history import History
-from .losses import LossFn, resolve_loss
+from .losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from .metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .optim import OptimizerSpec, build_optimizer
 from .runlock import RunLock
@@ -67,12 +67,18 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
         self.loss_fn, self.loss_name = resolve_loss(loss)
+        if metrics is None:  # Keras users expect accuracy for classification; pass metrics=[] for none
+            metrics = ["accuracy"] if self.loss_name in CLASSIFICATION_LOSSES else []
         self.metrics = resolve_metrics(metrics, self.loss_name)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
         self.seed = seed
+        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+            raise TypeError(f"run_dir must be a path or None; received: run_dir={run_dir!r}")
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
         self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks))
         self.state = TrainState()
         self.history = History()
@@ -92,6 +98,10 @@ class Trainer:
     def fit(self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True,
             resume: str | os.PathLike[str] | None = None) -> History:
         """Trains for `max_epochs` (counted over resumes) and returns the whole `History`."""
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False; received: shuffle={shuffle!r}")
+        if resume is not None and not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(f"resume must be None, 'last' or a checkpoint path; received: resume={resume!r}")
         train_batches = make_batches(train, batch_size, shuffle, self.device, "train")
         val_batches = make_batches(val, batch_size, False, self.device, "val") if val is not None else None
         check_model_fits_data(self.model, train_batches, self.loss_fn, self.loss_name, self.metrics, "train")
@@ -122,10 +132,15 @@ class Trainer:
                 self._run_epoch(train, val)
                 if self._signals.received is not None:
                     self._stop_on_signal()
-        self.stop_reason = self.stop_reason or ("max_steps" if self._max_steps_reached() else "max_epochs")
+        if self.stop_reason is None:
+            self.stop_reason = ("stopped by a callback" if self.should_stop
+                                else "max_steps" if self._max_steps_reached() else "max_epochs")
         self.callbacks.call("on_fit_end", self)
         if self.run_dir is not None:
-            checkpoint.export_weights(self.model, self.run_dir / "model.safetensors")
+            if snapshot.weights_are_finite(self.model):
+                checkpoint.export_weights(self.model, self.run_dir / "model.safetensors")
+            else:
+                print("gradloop: the final weights are not finite: model.safetensors not written", file=sys.stderr)
         return self.history
 
     def _run_epoch(self, train: Batches, val: Batches | None) -> None:
@@ -288,6 +303,12 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Loads a checkpoint written by `save_checkpoint` (verified, no code unpickled)."""
         saved = checkpoint.load(Path(path), map_location=self.device)
+        written_with = (saved.get("settings") or {}).get("optimizer")
+        if written_with is not None and written_with != type(self.optimizer).__name__:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {str(path)!r} holds the state of a {written_with} optimizer; this trainer uses "
+                f"{type(self.optimizer).__name__}: build the Trainer with the same optimizer"
+            )
         snapshot.restore_model_and_progress(self, saved, source=path)
         snapshot.restore_after_setup(self, saved)
 
@@ -339,6 +360,7 @@ class Trainer:
             "shuffle": shuffle, "accumulate_grad_batches": self.accumulate_grad_batches,
             "precision": self.precision.name, "optimizer": type(self.optimizer).__name__,
             "loss": self.loss_name or getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+            "seed": self.seed,
         }
 
     def _prepare_run_dir(self) -> None:

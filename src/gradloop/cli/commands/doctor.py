@@ -25,7 +25,13 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
     config = validate(apply_overrides(read_toml(path), overrides), str(path))
     config = resolve_paths(config, path.parent.resolve())
     # lenient: data and model faults are the doctor's to report, not ours to reject
-    session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
+    try:
+        session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False,
+                        strict=False)
+    except UsageError as err:  # the config was read and its files exist: what fails now is the data itself
+        print(f"gradloop doctor: {path}: FAILED - the data cannot be used")
+        print(f"FAIL  data.load  {err}")
+        return 1
     train, data = session.config.train, session.data
     options = {"loss": train.loss, "val": data.val, "optimizer": train.optimizer, "lr": train.lr,
                "batch_size": config.data.batch_size, "device": train.device}
