@@ -542,3 +542,12 @@ def test_trainer_find_lr_plots_into_the_run_dir_and_changes_nothing(tmp_path):
     assert (tmp_path / "lr_find.png").exists()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     assert trainer.optimizer.state_dict()["state"] == {}
+
+
+def test_a_model_with_lazy_modules_is_checked_and_left_lazy():
+    X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+    y = (X[:, 0] > 0).long()
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 2))
+    report = doctor(model, (X, y), lr_find_steps=30)
+    assert report.ok
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)

@@ -16,12 +16,12 @@ from .checkpoint import CheckpointError, load_weights
 from .doctor import DoctorReport, LRFindResult, doctor, lr_find
 from .history import History
 from .runlock import RunDirLocked
-from .state import TrainState
+from .state import TrainState, seed_everything
 from .trainer import Trainer
 
 __all__ = [
     "doctor", "DoctorReport", "lr_find", "LRFindResult",
     "Trainer", "History", "TrainState", "Callback", "CSVLogger", "EarlyStopping", "LRScheduler", "ProgressBar",
-    "ReduceLROnPlateau", "TerminateOnNaN", "JSONLLogger", "ModelCheckpoint", "PlotCurves", "TensorBoardLogger", "CheckpointError", "RunDirLocked", "load_weights",
+    "ReduceLROnPlateau", "TerminateOnNaN", "seed_everything", "JSONLLogger", "ModelCheckpoint", "PlotCurves", "TensorBoardLogger", "CheckpointError", "RunDirLocked", "load_weights",
 ]
 __version__ = "0.1.0"
