@@ -5,6 +5,13 @@ With `seed=None` an in-memory pass consumes the global torch RNG exactly as
 `DataLoader(TensorDataset(X, y), batch_size, shuffle)` does, so a script gives the same batch
 order, and the same numbers afterwards, as its tutorial twin. A `Dataset` is wrapped in a
 `DataLoader`; a `DataLoader` is used as given.
+
+Under torchrun (`shard=True` in `make_batches`) in-memory data and gradloop-built loaders give
+each rank its part of the epoch's order, as `DistributedSampler` does: rank 0 draws the epoch's
+seed and broadcasts it, training shards are padded (by repeating the order's start) so that every
+rank runs the same number of batches, evaluation shards are not padded so that the all-reduced
+metrics cover each sample exactly once. A user's own DataLoader is used as given: give it a
+`DistributedSampler` (the Trainer calls its `set_epoch`).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
+from . import distributed
 from .devices import to_device
 
 Batch = tuple[Any, Any]
@@ -45,8 +53,10 @@ class TensorBatches:
     """Batches of in-memory tensors: one permutation per epoch, then index slicing."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int, shuffle: bool,
-                 device: torch.device, drop_last: bool = False) -> None:
+                 device: torch.device, drop_last: bool = False, shard: tuple[int, int, bool] | None = None) -> None:
         self.num_samples = inputs.shape[0]
+        self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
+        self.shard_samples = distributed.shard_size(self.num_samples, self.rank, self.world_size, self.pad)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -67,30 +77,32 @@ class TensorBatches:
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self.shard_samples // self.batch_size
+        return -(-self.shard_samples // self.batch_size)
 
     @property
     def dataset_size(self) -> int:
         return self.num_samples
 
     def size_of_batch(self, index: int) -> int:
-        return min(self.batch_size, self.num_samples - index * self.batch_size)
+        return min(self.batch_size, self.shard_samples - index * self.batch_size)
 
     def new_order(self) -> dict[str, Any]:
         """Draws this epoch's order from the global torch RNG, as a DataLoader iterator would."""
-        _draw_seed()  # the DataLoader iterator's base seed
-        return {"seed": _draw_seed() if self.shuffle else None}
+        return _new_order(self.shuffle, self.world_size)
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
         index = None
         if order["seed"] is not None:
             generator = torch.Generator().manual_seed(order["seed"])
             index = torch.randperm(self.num_samples, generator=generator)
-            if self.inputs.device != index.device:
-                index = index.to(self.inputs.device)
+        if self.world_size > 1:
+            index = torch.arange(self.num_samples) if index is None else index
+            index = distributed.shard_index(index, self.rank, self.world_size, self.pad)
+        if index is not None and self.inputs.device != index.device:
+            index = index.to(self.inputs.device)
         for b in range(start_batch, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.shard_samples)
             if index is None:
                 x = self.inputs[lo:hi]
                 y = self.targets[lo:hi] if self.targets is not None else None
@@ -121,21 +133,26 @@ class OrderedBatchSampler(Sampler[list[int]]):
     gradloop sees the same samples in the same order as with `DataLoader(dataset, shuffle=True)`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False,
+                 shard: tuple[int, int, bool] | None = None) -> None:
         self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+        self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
+        self.shard_samples = distributed.shard_size(num_samples, self.rank, self.world_size, self.pad)
         self.seed: int | None = None
         self.start_batch = 0
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self.shard_samples // self.batch_size
+        return -(-self.shard_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.seed is None:
+        if self.seed is None and self.world_size == 1:
             order = list(range(self.num_samples))
         else:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed)).tolist()
+            index = (torch.arange(self.num_samples) if self.seed is None
+                     else torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed)))
+            order = distributed.shard_index(index, self.rank, self.world_size, self.pad).tolist()
         for b in range(self.start_batch, len(self)):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
@@ -170,7 +187,7 @@ class LoaderBatches:
     def size_of_batch(self, index: int) -> int | None:
         """Samples in batch `index` when the batching is known (plain samplers), else None."""
         if self.sampler is not None:
-            batch_size, size = self.sampler.batch_size, self.sampler.num_samples
+            batch_size, size = self.sampler.batch_size, self.sampler.shard_samples
         elif self.loader.batch_size is not None and type(self.loader.sampler) in (SequentialSampler, RandomSampler):
             batch_size, size = self.loader.batch_size, len(self.loader.sampler)
         else:
@@ -179,9 +196,15 @@ class LoaderBatches:
 
     def new_order(self) -> dict[str, Any]:
         if self.sampler is not None:
-            _draw_seed()  # the DataLoader iterator's base seed
-            return {"seed": _draw_seed() if self.shuffle else None}
+            return _new_order(self.shuffle, self.sampler.world_size)
         return {"seed": None, "torch_rng": torch.get_rng_state()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passes the epoch to a user loader's `DistributedSampler` (or any sampler with `set_epoch`)."""
+        if self.sampler is None:
+            set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
         if self.sampler is not None:
@@ -235,17 +258,31 @@ class LoaderBatches:
 Batches = TensorBatches | LoaderBatches
 
 
+def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
+    """The epoch's shuffle seed, drawn as a DataLoader iterator draws it; rank 0's on every rank."""
+    _draw_seed()  # the DataLoader iterator's base seed
+    seed = _draw_seed() if shuffle else None
+    if seed is not None and world_size > 1:
+        seed = distributed.broadcast_int(seed)
+    return {"seed": seed}
+
+
 def make_batches(data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str,
-                 needs_targets: bool = True) -> Batches:
-    """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages."""
+                 needs_targets: bool = True, shard: bool = False) -> Batches:
+    """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages.
+
+    `shard`: under torchrun, batch only this rank's part (padded to equal parts for "train").
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
+    rank, world_size, _ = distributed.world()
+    shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     if isinstance(data, DataLoader):
         _check_not_empty(data.dataset, role)
         return LoaderBatches(data, device, has_targets=needs_targets)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         _check_not_empty(data, role)
-        sampler = OrderedBatchSampler(len(data), batch_size)  # type: ignore[arg-type]
+        sampler = OrderedBatchSampler(len(data), batch_size, shard=shards)  # type: ignore[arg-type]
         # The loader's own generator keeps its iterator from drawing on the global RNG: new_order() does.
         loader = DataLoader(data, batch_sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
         return LoaderBatches(loader, device, has_targets=needs_targets, sampler=sampler, shuffle=shuffle)
@@ -253,7 +290,7 @@ def make_batches(data: Any, batch_size: int, shuffle: bool, device: torch.device
         loader = DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda")
         return LoaderBatches(loader, device, has_targets=needs_targets)
     inputs, targets = _split_arrays(data, role, needs_targets)
-    return TensorBatches(inputs, targets, batch_size, shuffle, device)
+    return TensorBatches(inputs, targets, batch_size, shuffle, device, shard=shards)
 
 
 def _split_arrays(data: Any, role: str, needs_targets: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

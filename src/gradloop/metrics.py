@@ -2,7 +2,8 @@
 
 Every accumulator keeps running sums as tensors on the training device and a sample count on the
 host, so updating costs no host-device sync. `MetricSet.compute()` reads all sums with one
-`.tolist()`: the single sync of an epoch.
+`.tolist()`: the single sync of an epoch. Under torchrun that read is preceded by one all-reduce
+of the same values (sums and counts), so every rank reports the numbers of the whole data.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 from typing import Callable, Sequence
 
 import torch
+
+from . import distributed
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RESERVED_NAMES = ("loss", "lr", "time", "epoch", "grad_norm")
@@ -209,15 +212,28 @@ class MetricSet:
         self.count += n
 
     def compute(self, prefix: str = "") -> dict[str, float]:
-        """Reads every sum in one host transfer and returns `{prefix + name: float}`."""
-        if self.count == 0:
+        """Reads every sum in one host transfer and returns `{prefix + name: float}`.
+
+        Under torchrun every rank must call it at the same point: the sums and counts of all ranks
+        are added up first (one all-reduce), even on a rank that saw no samples.
+        """
+        count, grad_norm_steps = self.count, self.grad_norm_steps
+        if distributed.active():
+            counts = torch.tensor([count, grad_norm_steps], dtype=self.dtype, device=self.device)
+            packed = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums, counts])
+            values = distributed.all_reduce_sum(packed).tolist()  # the one collective, and the one sync
+            count, grad_norm_steps = int(values[-2]), int(values[-1])
+        elif count == 0:
             return {}
-        values = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums]).tolist()  # the one sync
-        logs = {f"{prefix}loss": values[0] / self.count}
+        else:
+            values = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums]).tolist()  # the one sync
+        if count == 0:
+            return {}
+        logs = {f"{prefix}loss": values[0] / count}
         offset = 2
         for metric in self.metrics:
-            logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], self.count))
+            logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], count))
             offset += metric.size
-        if self.grad_norm_steps:
-            logs[f"{prefix}grad_norm"] = values[1] / self.grad_norm_steps
+        if grad_norm_steps:
+            logs[f"{prefix}grad_norm"] = values[1] / grad_norm_steps
         return logs

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from . import checkpoint, snapshot
+from . import checkpoint, distributed, snapshot
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
-from .data import Batches, make_batches
+from .data import Batches, LoaderBatches, make_batches
 from .devices import Precision, resolve_device, resolve_precision
 from .history import History
 from .losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
@@ -62,9 +62,12 @@ class Trainer:
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-        self.device = resolve_device(device)
+        self.device = distributed.device_for_rank(device, resolve_device(device))
+        distributed.init_if_needed(self.device)  # under torchrun: join the process group
         self.precision = Precision(resolve_precision(precision), self.device)
         self.model = model.to(self.device)
+        # Under torchrun the training forward runs through DistributedDataParallel; `model` stays the user's.
+        self._train_model = distributed.wrap(self.model, self.device)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
         self.loss_fn, self.loss_name = resolve_loss(loss)
         if metrics is None:  # Keras users expect accuracy for classification; pass metrics=[] for none
@@ -79,7 +82,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if isinstance(callbacks, Callback):
             callbacks = [callbacks]
-        self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks))
+        self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks),
+                                      rank_zero=distributed.is_rank_zero())
         self.state = TrainState()
         self.history = History()
         self.should_stop = False
@@ -102,8 +106,8 @@ class Trainer:
             raise TypeError(f"shuffle must be True or False; received: shuffle={shuffle!r}")
         if resume is not None and not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be None, 'last' or a checkpoint path; received: resume={resume!r}")
-        train_batches = make_batches(train, batch_size, shuffle, self.device, "train")
-        val_batches = make_batches(val, batch_size, False, self.device, "val") if val is not None else None
+        train_batches = make_batches(train, batch_size, shuffle, self.device, "train", shard=True)
+        val_batches = make_batches(val, batch_size, False, self.device, "val", shard=True) if val is not None else None
         check_model_fits_data(self.model, train_batches, self.loss_fn, self.loss_name, self.metrics, "train")
         if val_batches is not None:
             check_model_fits_data(self.model, val_batches, self.loss_fn, self.loss_name, self.metrics, "val")
@@ -114,7 +118,7 @@ class Trainer:
         self.batches_per_epoch = self._settings["num_batches"]
         self.log_names = self._log_names(val_batches is not None)
         self._prepare_run_dir()
-        with _run_lock(self.run_dir):
+        with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
             return self._fit(train_batches, val_batches, resume)
 
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
@@ -136,7 +140,7 @@ class Trainer:
             self.stop_reason = ("stopped by a callback" if self.should_stop
                                 else "max_steps" if self._max_steps_reached() else "max_epochs")
         self.callbacks.call("on_fit_end", self)
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_rank_zero():
             if snapshot.weights_are_finite(self.model):
                 checkpoint.export_weights(self.model, self.run_dir / "model.safetensors")
             else:
@@ -146,6 +150,8 @@ class Trainer:
     def _run_epoch(self, train: Batches, val: Batches | None) -> None:
         self.callbacks.call("on_epoch_start", self)
         started = time.perf_counter()
+        if isinstance(train, LoaderBatches) and distributed.is_distributed():
+            train.set_epoch(self.state.epoch)  # a user loader's DistributedSampler
         if self._order is None:
             self._order = train.new_order()
             self._meter.reset()
@@ -166,10 +172,13 @@ class Trainer:
         self._order, self._epoch_done = None, False
 
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
-        self.model.train()
+        self._train_model.train()
         meter = self._meter
         self._epoch_lr = self.optimizer.param_groups[0]["lr"]
         batch_listeners = self.callbacks.listens("on_train_batch_end")
+        # Under torchrun, callbacks that run on every rank see the mean loss of all ranks, so that
+        # per-batch decisions (TerminateOnNaN) agree: one all-reduce per batch, only then.
+        reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
         k, num_batches = self.accumulate_grad_batches, _length(batches)
         assert self._order is not None
         for inputs, targets in batches.iterate(self._order, start_batch=self.state.batch_in_epoch):
@@ -179,11 +188,15 @@ class Trainer:
             if batch == group_start:
                 self.optimizer.zero_grad(set_to_none=True)
             share = _share_of_group(batches, batch, group_start, group_size)
-            loss = self._forward_backward(inputs, targets, share, meter)
-            self.state.batch_in_epoch += 1
             step_taken = batch + 1 == group_start + group_size
+            # DDP: gradients are averaged over ranks only at the group's last batch (an unsized loader
+            # may end mid-group, so there every batch syncs)
+            loss = self._forward_backward(inputs, targets, share, meter, sync_grads=step_taken or num_batches is None)
+            self.state.batch_in_epoch += 1
             if step_taken:
                 self._optimizer_step(meter)
+            if reduce_batch_loss:
+                loss = distributed.all_reduce_sum(loss) / distributed.world()[1]
             if batch_listeners:
                 self.callbacks.call("on_train_batch_end", self, loss)
             if self.should_stop or self._max_steps_reached() or (step_taken and self._signals.received is not None):
@@ -193,15 +206,19 @@ class Trainer:
                 self._optimizer_step(meter)
         return meter.compute()
 
-    def _forward_backward(self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet) -> torch.Tensor:
+    def _forward_backward(self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet,
+                          sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
-        with self.precision.autocast():
-            outputs = self.model(inputs)
-            loss = self._loss(outputs, targets)
-        if isinstance(share, int):
-            self.precision.backward(loss / share if share > 1 else loss)
-        else:
-            self.precision.backward(loss * share)
+        model = self._train_model
+        no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()
+        with no_sync:
+            with self.precision.autocast():
+                outputs = model(inputs)
+                loss = self._loss(outputs, targets)
+            if isinstance(share, int):
+                self.precision.backward(loss / share if share > 1 else loss)
+            else:
+                self.precision.backward(loss * share)
         loss = loss.detach()
         meter.update(loss, outputs.detach(), targets, _batch_len(targets, inputs))
         return loss
@@ -254,7 +271,9 @@ class Trainer:
         return self._evaluate_data(data, batch_size, "test")
 
     def _evaluate_data(self, data: Any, batch_size: int | None, role: str) -> dict[str, float]:
-        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role)
+        # under torchrun every rank evaluates its shard and the metrics are all-reduced: call it on every rank
+        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role,
+                               shard=True)
         check_model_fits_data(self.model, batches, self.loss_fn, self.loss_name, self.metrics, role)
         return self._evaluate(batches, f"{role}_")
 
@@ -281,7 +300,7 @@ class Trainer:
         """
         from .doctor import lr_find  # training itself does not need the doctor
 
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_rank_zero():
             options.setdefault("plot", self.run_dir / "lr_find.png")
         return lr_find(self.model, data, loss=self.loss_fn, optimizer=self.optimizer,
                        batch_size=self._batch_size if batch_size is None else batch_size, device=self.device, **options)
@@ -325,6 +344,8 @@ class Trainer:
             saved = checkpoint.load(path, map_location=self.device)
         snapshot.check_settings(saved, self._settings, path)
         snapshot.restore_model_and_progress(self, saved, source=path)
+        if not distributed.is_rank_zero():
+            self._meter.reset()  # a mid-epoch checkpoint holds rank 0's partial sums: count them once
         print(f"gradloop: resuming from {path} (epoch {self.state.epoch}, step {self.state.global_step})", file=sys.stderr)
         return saved
 
@@ -336,6 +357,8 @@ class Trainer:
         name = self._signals.received.name if self._signals.received is not None else "signal"
         self.stop_reason = f"interrupted by {name}"
         where = f"epoch {self.state.epoch}, step {self.state.global_step}"
+        if not distributed.is_rank_zero():
+            raise SystemExit(self._signals.exit_code)  # under torchrun rank 0 writes the resume point
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
         elif not snapshot.weights_are_finite(self.model):
@@ -364,7 +387,7 @@ class Trainer:
         }
 
     def _prepare_run_dir(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_rank_zero():
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,14 @@ class Callback:
     keys to `logs` in `on_epoch_end` (with `order` < 10, so loggers see them), and write `trainer.should_stop = True` (with `trainer.stop_reason`) to stop
     after the current step. Its `state_dict()` is saved in checkpoints and handed back through
     `load_state_dict()` on resume. Hooks with other `on_*` names are an error.
+
+    Under torchrun every rank runs every callback, on identical (all-reduced) logs, unless the class
+    sets `rank_zero_only = True` (loggers, progress, plots, checkpoints): those run on rank 0 alone.
+    A callback on every rank must decide the same way on every rank (e.g. `should_stop`).
     """
 
     order = 0  # callbacks run in increasing order, then in the order given: loggers 10, checkpoints 20
+    rank_zero_only = False  # True: under torchrun only rank 0 runs this callback's hooks
 
     @_default
     def on_fit_start(self, trainer: "Trainer") -> None: ...
@@ -82,22 +87,34 @@ def _check_hook_names(callback: Callback) -> None:
 
 
 class CallbackList:
-    """Calls each hook on every callback that overrides it, in order."""
+    """Calls each hook on every callback that overrides it, in order.
 
-    def __init__(self, callbacks: Iterable[Callback]) -> None:
+    Under torchrun, callbacks with `rank_zero_only` are skipped on every rank but rank 0.
+    """
+
+    def __init__(self, callbacks: Iterable[Callback], rank_zero: bool = True) -> None:
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks must be gl.Callback instances; received {callback!r}")
             _check_hook_names(callback)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
-        self._listeners = {hook: [c for c in self.callbacks if overrides(c, hook)] for hook in HOOKS}
+        self.rank_zero = rank_zero
+        runs_here = [c for c in self.callbacks if rank_zero or not c.rank_zero_only]
+        self._listeners = {hook: [c for c in runs_here if overrides(c, hook)] for hook in HOOKS}
+        # the same on every rank: what decides whether a per-batch collective happens
+        self._all_rank_listeners = {hook: [c for c in self.callbacks if overrides(c, hook) and not c.rank_zero_only]
+                                    for hook in HOOKS}
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.callbacks)
 
     def listens(self, hook: str) -> bool:
         return bool(self._listeners[hook])
+
+    def listens_on_every_rank(self, hook: str) -> bool:
+        """Some callback that runs on every rank overrides `hook` (the same answer on all ranks)."""
+        return bool(self._all_rank_listeners[hook])
 
     def call(self, hook: str, *args: Any) -> None:
         for callback in self._listeners[hook]:

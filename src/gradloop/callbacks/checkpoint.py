@@ -43,6 +43,7 @@ class ModelCheckpoint(Callback):
     """
 
     order = 20
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class CSVLogger(Callback):
     """
 
     order = 10
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else None
@@ -122,6 +123,7 @@ class JSONLLogger(Callback):
     """
 
     order = 10
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None, log_every_n_steps: int | None = 50) -> None:
         if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int)
@@ -189,6 +191,7 @@ class TensorBoardLogger(Callback):
     """
 
     order = 10
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, log_dir: PathLike | None = None) -> None:
         try:

@@ -168,6 +168,7 @@ class PlotCurves(Callback):
     """
 
     order = 10
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: str | os.PathLike[str] | None = None, every_n_seconds: float = 30.0) -> None:
         if isinstance(every_n_seconds, bool) or not isinstance(every_n_seconds, (int, float)) or not every_n_seconds >= 0:

@@ -49,6 +49,7 @@ class ProgressBar(Callback):
     """
 
     order = 10
+    rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, stream: TextIO | None = None, live: bool | None = None, refresh_per_second: float = 10.0) -> None:
         if not refresh_per_second > 0:

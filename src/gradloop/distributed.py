@@ -1,0 +1,139 @@
+"""torchrun support: detection, process group, DDP wrapping, all-reduce, rank-zero-only.
+
+One process (no RANK/WORLD_SIZE in the environment, or WORLD_SIZE=1) never touches
+torch.distributed. Under `torchrun` (WORLD_SIZE > 1) the Trainer joins the process group through
+torchrun's env:// rendezvous (NCCL on CUDA, Gloo otherwise), wraps the model in
+DistributedDataParallel for the training forward, shards the data it batches itself, all-reduces
+the metric sums once per pass, and leaves every file and every printed line to rank 0.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+
+def world() -> tuple[int, int, int]:
+    """`(rank, world_size, local_rank)`: from the process group once joined, else from the environment."""
+    if _group_ready():
+        import torch.distributed as dist
+
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0) or 0)
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 0, 1, 0
+    if world_size <= 1:
+        return 0, 1, 0
+    return int(os.environ.get("RANK", "0") or 0), world_size, int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def is_distributed() -> bool:
+    """True when this process is one of several (launched by torchrun or a like launcher)."""
+    return world()[1] > 1
+
+
+def is_rank_zero() -> bool:
+    return world()[0] == 0
+
+
+def _group_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def active() -> bool:
+    """A process group of more than one rank is initialized: collectives are live."""
+    if not _group_ready():
+        return False
+    import torch.distributed as dist
+
+    return dist.get_world_size() > 1
+
+
+def device_for_rank(requested: object, resolved: torch.device) -> torch.device:
+    """Under torchrun, 'auto' on a CUDA machine (and a bare 'cuda') means cuda:LOCAL_RANK."""
+    if not is_distributed() or resolved.type != "cuda":
+        return resolved
+    bare = requested is None or requested in ("auto", "cuda") or (
+        isinstance(requested, torch.device) and requested.type == "cuda" and requested.index is None)
+    return torch.device("cuda", world()[2]) if bare else resolved
+
+
+def init_if_needed(device: torch.device) -> None:
+    """Joins torchrun's process group (env:// rendezvous) when WORLD_SIZE > 1 and not joined yet."""
+    if not is_distributed() or _group_ready():
+        return
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed: run a single process")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module the training forward runs through: DDP under torchrun, the model itself otherwise."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+    return DistributedDataParallel(model)
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum over ranks (a new tensor on `tensor`'s device); `tensor` itself when alone."""
+    if not active():
+        return tensor
+    import torch.distributed as dist
+
+    work = tensor.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's `value` on every rank; `value` when alone."""
+    if not active():
+        return value
+    import torch.distributed as dist
+
+    holder = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.broadcast(holder, src=0)
+    return int(holder.item())
+
+
+def shard_size(num_samples: int, rank: int, world_size: int, pad: bool) -> int:
+    """Samples of one rank's shard: padded shards are equal (ceil), unpadded ones strided."""
+    if world_size <= 1:
+        return num_samples
+    if pad:
+        return -(-num_samples // world_size)
+    return len(range(rank, num_samples, world_size))
+
+
+def shard_index(index: torch.Tensor, rank: int, world_size: int, pad: bool) -> torch.Tensor:
+    """This rank's part of an epoch's order, as DistributedSampler takes it: padded by repeating the
+    order's start to a multiple of `world_size` (training), then every `world_size`-th from `rank`."""
+    if world_size <= 1:
+        return index
+    if pad:
+        total = -(-index.numel() // world_size) * world_size
+        if total > index.numel():
+            index = index.repeat(-(-total // index.numel()))[:total]
+    return index[rank::world_size]
