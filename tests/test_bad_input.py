@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import gradloop as gl
+from helpers import PairDataset
 
 FEATURES, CLASSES, N = 4, 3, 40
 BAD = (ValueError, TypeError)
@@ -62,15 +63,6 @@ def fails_in_trainer(exc, match, model=None, **trainer_kwargs):
         assert torch.equal(value, before[name])
 
 
-class PairDataset(Dataset):
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i], self.y[i]
 
 
 # ----------------------------------------------------------------------------- lengths

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import gradloop as gl
+from helpers import PairDataset
 
 FEATURES, CLASSES = 4, 3
 N, BATCH = 50, 16  # 16, 16, 16, 2
@@ -62,15 +63,6 @@ def trainer_for(model, **kwargs):
     return gl.Trainer(model, loss="cross_entropy", metrics=["accuracy"], default_callbacks=False, **kwargs)
 
 
-class PairDataset(Dataset):
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i], self.y[i]
 
 
 def inputs_of(kind: str, X: torch.Tensor, y: torch.Tensor):

@@ -11,20 +11,12 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
 import gradloop as gl
 from gradloop.callbacks.lr import LRScheduler, ReduceLROnPlateau
+from helpers import Scripted
 
 LR = 0.1
 PLATEAU = [1.0, 0.9, 0.95, 0.95, 0.96, 0.8, 0.85, 0.795, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91]
 
 
-class Scripted:
-    """A metric whose value over all of epoch e is values[e]."""
-
-    def __init__(self, values, name="score"):
-        self.values, self.__name__, self.trainer = list(values), name, None
-
-    def __call__(self, outputs, targets):
-        epoch = self.trainer.state.epoch if self.trainer is not None else 0
-        return torch.tensor(float(self.values[min(epoch, len(self.values) - 1)]), dtype=torch.float64)
 
 
 class StepLRs(gl.Callback):
