@@ -19,7 +19,7 @@ from gradloop import distributed
 
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import atexit, json, os, sys
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
@@ -27,6 +27,12 @@ SCRIPT = textwrap.dedent(
 
     rank = int(os.environ["RANK"])
     out = sys.argv[1]
+
+    def record_group_at_exit():  # registered before gradloop's teardown, so it runs after it (LIFO)
+        with open(os.path.join(out, f"group_at_exit{rank}.txt"), "w") as f:
+            f.write(str(torch.distributed.is_initialized()))
+
+    atexit.register(record_group_at_exit)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(203, 8, generator=g)
     y = (X[:, 0] + X[:, 1] > 0).long()
@@ -157,6 +163,12 @@ def test_rank_zero_alone_writes_and_prints(torchrun) -> None:
     # one progress line per epoch and run, from rank 0 only (the second run has no run_dir but prints too)
     epoch_lines = [line for line in done.stdout.splitlines() if "val_loss" in line]
     assert len(epoch_lines) == 3 + 2, done.stdout
+
+
+def test_the_process_group_is_torn_down_at_exit(torchrun) -> None:
+    out, done = torchrun
+    assert [(out / f"group_at_exit{rank}.txt").read_text() for rank in (0, 1)] == ["False", "False"]
+    assert "terminate called" not in done.stderr
 
 
 def test_one_process_is_not_distributed(monkeypatch: pytest.MonkeyPatch) -> None:

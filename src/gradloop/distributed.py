@@ -8,10 +8,15 @@ the metric sums once per pass, and leaves every file and every printed line to r
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
 import os
 
 import torch
 from torch import nn
+
+EXIT_BARRIER_TIMEOUT = datetime.timedelta(seconds=30)
 
 
 def world() -> tuple[int, int, int]:
@@ -75,6 +80,24 @@ def init_if_needed(device: torch.device) -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+    # The group lives as long as the process, so validate/predict after fit still work; left to the
+    # interpreter's own teardown, Gloo's threads abort the process at exit (SIGABRT).
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    """Tears down the process group gradloop created: at exit, normal or by SystemExit or an error.
+
+    The ranks meet first (a rank that tears down while a peer still talks to it aborts too); a peer
+    that is gone or stuck costs at most `EXIT_BARRIER_TIMEOUT` before the teardown goes on alone.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(RuntimeError):
+        dist.barrier(async_op=True).wait(timeout=EXIT_BARRIER_TIMEOUT)
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
