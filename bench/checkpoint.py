@@ -10,10 +10,10 @@ costs at most 1.3x a plain `torch.save` of the same state dicts, a load at most 
 
 What is timed, each in the same process, interleaved (torch, gradloop, torch, ...) so that drift
 in machine load hits both alike, on files in one directory (default: a fresh temp directory):
-- save: `torch.save(state, path)` vs `gradloop.checkpoint.save(state, path)`, the target removed
+- save: `torch.save(state, path)` vs `gradloop.persistence.checkpoint.save(state, path)`, the target removed
   first. gradloop's save includes what plain torch.save does not do: the SHA-256 checksum, fsync
   of the file and of the directory, and the atomic rename; for reference also `torch.save` + fsync.
-- load: `torch.load(path, weights_only=True)` vs `gradloop.checkpoint.load(path)` (which verifies
+- load: `torch.load(path, weights_only=True)` vs `gradloop.persistence.checkpoint.load(path)` (which verifies
   every byte against the checksum, then maps the file), both from the page cache.
 - restore: load + `model.load_state_dict` + `optimizer.load_state_dict`, both ways: what a resume
   costs end to end (gradloop's mapped tensors are copied here rather than inside the load).
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from gradloop import checkpoint  # noqa: E402
+from gradloop.persistence import checkpoint  # noqa: E402
 
 
 def build(params_millions: int) -> tuple[nn.Module, torch.optim.Optimizer]:

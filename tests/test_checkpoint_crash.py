@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradloop import checkpoint
+from gradloop.persistence import checkpoint
 
 KILLS = 30
 KEEP = 2
@@ -44,7 +44,7 @@ def _temp_files(directory: Path) -> set[str]:
 @pytest.mark.timeout(120)
 def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: Path) -> None:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "pytest", "gradloop.checkpoint"])  # children start in ms
+    context.set_forkserver_preload(["torch", "pytest", "gradloop.persistence.checkpoint"])  # children start in ms
     rng = random.Random(0)
     progress, partial_files_seen = -1, set()
     for kill in range(KILLS):

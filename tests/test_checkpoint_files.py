@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradloop import checkpoint
-from gradloop.checkpoint import CheckpointError, CheckpointWriteError
+from gradloop.persistence import checkpoint
+from gradloop.persistence.checkpoint import CheckpointError, CheckpointWriteError
 
 MARKER = "code-ran.marker"
 

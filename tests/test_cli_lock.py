@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from gradloop.runlock import RunLock
+from gradloop.persistence.runlock import RunLock
 
 
 def test_resume_of_a_locked_run_fails_at_once_with_exit_2(tmp_path):

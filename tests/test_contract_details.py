@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import gradloop as gl
-from gradloop.checkpoint import CheckpointError, load
+from gradloop.persistence.checkpoint import CheckpointError, load
 
 X = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] > 0).long()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradloop as gl
-from gradloop import distributed
+from gradloop.data import distributed
 
 SCRIPT = textwrap.dedent(
     """

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import gradloop as gl
-from gradloop.doctor import CHECK_NAMES, DoctorReport, LRFindResult, doctor, lr_find
+from gradloop.doctor import lr_find, CHECK_NAMES, DoctorReport, LRFindResult, doctor
 from gradloop.doctor.data_checks import shared_rows
 
 FAST = dict(overfit_steps=60, overfit_lr=1e-2, lr_find_steps=40)

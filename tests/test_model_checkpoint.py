@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradloop as gl
-from gradloop import checkpoint
+from gradloop.persistence import checkpoint
 from gradloop.callbacks.checkpoint import ModelCheckpoint
 
 STEPS_PER_EPOCH = 4  # 32 samples, batch size 8

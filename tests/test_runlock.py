@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import gradloop as gl
-from gradloop import runlock
-from gradloop.runlock import Owner, RunDirLocked, RunLock
+from gradloop.persistence import runlock
+from gradloop.persistence.runlock import Owner, RunDirLocked, RunLock
 
 HOLDER = f"""
 import importlib.util, sys, time

@@ -12,10 +12,10 @@ from .callbacks import (
     TensorBoardLogger,
     TerminateOnNaN,
 )
-from .checkpoint import CheckpointError, load_weights
-from .doctor import DoctorReport, LRFindResult, doctor, lr_find
+from .persistence.checkpoint import CheckpointError, load_weights
+from .doctor import lr_find, DoctorReport, LRFindResult, doctor
 from .history import History
-from .runlock import RunDirLocked
+from .persistence.runlock import RunDirLocked
 from .state import TrainState, seed_everything
 from .trainer import Trainer
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from torch.utils.data import TensorDataset
 
-from .data import Batches, LoaderBatches, TensorBatches
-from .losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
-from .metrics import Metric
+from .data.batches import Batches, LoaderBatches, TensorBatches
+from .names.losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
+from .names.metrics import Metric
 from .state import rng_state, set_rng_state
 
 

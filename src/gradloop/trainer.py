@@ -11,18 +11,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, snapshot
+from .persistence import checkpoint, layout as snapshot
+from .data import distributed
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
-from .data import Batches, LoaderBatches, make_batches
-from .devices import Precision, resolve_device, resolve_precision
+from .data.batches import Batches, LoaderBatches, make_batches
+from .data.devices import Precision, resolve_device, resolve_precision
 from .history import History
-from .losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
-from .metrics import Metric, MetricFn, MetricSet, resolve_metrics
-from .optim import OptimizerSpec, build_optimizer
-from .runlock import RunLock
-from .signals import GracefulStop
+from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
+from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
+from .names.optim import OptimizerSpec, build_optimizer
+from .persistence.runlock import RunLock
+from .persistence.signals import GracefulStop
 from .state import TrainState, seed_everything
 
 if TYPE_CHECKING:

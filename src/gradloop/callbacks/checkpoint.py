@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import checkpoint
+from ..persistence import checkpoint
 from .base import Callback
 from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
 

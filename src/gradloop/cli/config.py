@@ -124,7 +124,7 @@ class TrainConfig(_Section):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from ..optim import OPTIMIZERS
+        from ..names.optim import OPTIMIZERS
 
         if name.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), OPTIMIZERS)}; choose one of {', '.join(OPTIMIZERS)}")
@@ -134,7 +134,7 @@ class TrainConfig(_Section):
     @classmethod
     def _known_loss(cls, name: str | None) -> str | None:
         if name is not None:
-            from ..losses import resolve_loss
+            from ..names.losses import resolve_loss
 
             resolve_loss(name)  # raises ValueError naming the choices
         return name
@@ -143,7 +143,7 @@ class TrainConfig(_Section):
     @classmethod
     def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
         if names is not None:
-            from ..metrics import resolve_metric
+            from ..names.metrics import resolve_metric
 
             for name in names:
                 resolve_metric(name)

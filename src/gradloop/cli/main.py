@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from ..runlock import RunDirLocked
+from ..persistence.runlock import RunDirLocked
 from .errors import UsageError, one_line
 
 EXAMPLES = {

@@ -80,7 +80,7 @@ def resolve_defaults(config: Config, spec: DataSpec, has_val: bool) -> Config:
 
 def log_names(config: Config, has_val: bool) -> list[str]:
     """The names the Trainer will log each epoch (for checking monitors up front)."""
-    from ..metrics import resolve_metrics
+    from ..names.metrics import resolve_metrics
 
     names = ["loss", *(m.name for m in resolve_metrics(config.train.metrics, config.train.loss))]
     if has_val:
@@ -140,7 +140,7 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
 
     from .. import Trainer
     from ..checks import check_model_fits_data
-    from ..data import make_batches
+    from ..data.batches import make_batches
     from .models import build_model
 
     if config.train.threads is not None:

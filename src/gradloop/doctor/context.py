@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from ..checks import eval_mode
-from ..devices import to_device
-from ..losses import CLASS_INDEX_LOSSES, LossFn
-from ..optim import OptimizerSpec
+from ..data.devices import to_device
+from ..names.losses import CLASS_INDEX_LOSSES, LossFn
+from ..names.optim import OptimizerSpec
 from .inputs import Arrays
 from .preserve import ModelSnapshot
 from .report import Skip

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import Batch, as_tensor
+from ..data.batches import Batch, as_tensor
 
 RAW_BATCHES = 16  # batches kept when the inputs cannot be stacked into one tensor
 

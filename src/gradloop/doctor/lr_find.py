@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..optim import build_optimizer
+from ..names.optim import build_optimizer
 from .context import Context
 from .report import Check, Skip
 

@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..devices import resolve_device
-from ..losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
-from ..optim import OPTIMIZERS, OptimizerSpec
+from ..data.devices import resolve_device
+from ..names.losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
+from ..names.optim import OPTIMIZERS, OptimizerSpec
 from . import data_checks, model_checks, training_checks
 from .context import LOSS_MODULES, Context, Settings
 from .inputs import DataError, read
@@ -217,7 +217,7 @@ def _probe(ctx: Context) -> None:
             return
         x: Any = train.X[rows].to(ctx.device)
     else:
-        from ..devices import to_device
+        from ..data.devices import to_device
         x = to_device(train.raw_batches[0][0], ctx.device)
     out = ctx.forward(x)
     if isinstance(out, torch.Tensor):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import distributed
+from ..data import distributed
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RESERVED_NAMES = ("loss", "lr", "time", "epoch", "grad_norm")

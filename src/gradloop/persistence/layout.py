@@ -23,17 +23,17 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .state import rng_state, set_rng_state
+from ..state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ..trainer import Trainer
 
 # A mismatch in these makes the saved position inside an epoch meaningless.
 _POSITION_SETTINGS = ("batch_size", "num_batches", "num_samples", "shuffle", "accumulate_grad_batches")
 
 
 def trainer_state(trainer: "Trainer") -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     progress = trainer.state.state_dict()
     order = trainer._order

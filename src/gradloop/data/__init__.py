@@ -1,0 +1,1 @@
+"""Data and devices: inputs -> batches, placement and precision, torchrun."""

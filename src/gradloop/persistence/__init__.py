@@ -1,0 +1,1 @@
+"""Persistence: the resume point, checkpoint files, run locks, clean stops on signals."""
