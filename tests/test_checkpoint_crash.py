@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradloop.persistence import checkpoint
+from gradloop.persistence import checkpoint, finding
 
 KILLS = 30
 KEEP = 2
@@ -24,7 +24,7 @@ def _writer(directory: str, seed: int, started: "multiprocessing.synchronize.Eve
     write a periodic file, link last.ckpt to it, and delete periodic files beyond KEEP."""
     torch.set_num_threads(1)
     root = Path(directory)
-    found = checkpoint.load_latest(root)
+    found = finding.load_latest(root)
     step = found[1]["step"] + 1 if found is not None else 0
     rng = random.Random(seed)
     while True:
@@ -59,7 +59,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
 
         for path in tmp_path.glob("*.ckpt"):  # whatever looks like a checkpoint is a complete one
             checkpoint.verify(path)
-        path, state = checkpoint.load_latest(tmp_path)
+        path, state = finding.load_latest(tmp_path)
         assert torch.equal(state["w"], torch.full_like(state["w"], float(state["step"])))
         assert torch.equal(state["opt"]["m"], torch.full_like(state["opt"]["m"], -float(state["step"])))
         assert state["step"] >= progress, f"kill {kill}: went back from step {progress} to {state['step']} ({path.name})"

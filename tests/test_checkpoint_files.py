@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradloop.persistence import checkpoint
+from gradloop.persistence import checkpoint, finding, restore, weights
 from gradloop.persistence.checkpoint import CheckpointError, CheckpointWriteError
 
 MARKER = "code-ran.marker"
@@ -276,7 +276,7 @@ def test_temp_files_of_dead_writers_are_removed(good: Path) -> None:
         fcntl.flock(holder, fcntl.LOCK_EX)
         checkpoint.save(small_state(), good)
     assert sorted(p.name for p in directory.iterdir()) == sorted([busy.name, fresh.name, "last.ckpt"])
-    assert checkpoint.latest(directory) == good  # temp files are never taken for checkpoints
+    assert finding.latest(directory) == good  # temp files are never taken for checkpoints
 
 
 def test_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
@@ -298,18 +298,18 @@ def test_names_that_could_leave_the_directory_are_refused(tmp_path: Path, name: 
 
 # ----------------------------------------------------------------------------- finding
 def test_latest_skips_a_broken_newer_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert checkpoint.latest(tmp_path / "missing") is None
-    assert checkpoint.latest(tmp_path) is None
+    assert finding.latest(tmp_path / "missing") is None
+    assert finding.latest(tmp_path) is None
     older = checkpoint.save(small_state(), tmp_path / "epoch-0-step-3.ckpt")
     newer = checkpoint.save({"step": 4}, tmp_path / "last.ckpt")
     (tmp_path / ".last.ckpt.0123456789abcdef.gradloop-tmp").write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("ignored")
     os.utime(older, (1000, 1000))
-    assert checkpoint.latest(tmp_path) == newer
+    assert finding.latest(tmp_path) == newer
     newer.write_bytes(newer.read_bytes()[:-10])
-    assert checkpoint.latest(tmp_path) == older
+    assert finding.latest(tmp_path) == older
     assert "skipping a broken checkpoint" in capsys.readouterr().err
-    path, state = checkpoint.load_latest(tmp_path)
+    path, state = finding.load_latest(tmp_path)
     assert path == older and state["step"] == 3
 
 
@@ -317,7 +317,7 @@ def test_latest_with_every_file_broken_names_them_all(tmp_path: Path) -> None:
     (tmp_path / "last.ckpt").write_bytes(b"")
     (tmp_path / "best.ckpt").write_text("junk")
     with pytest.raises(CheckpointError, match=r"no checkpoint in .* can be used: .*(last|best).ckpt.*(best|last).ckpt"):
-        checkpoint.latest(tmp_path)
+        finding.latest(tmp_path)
 
 
 def test_link_shares_the_file_or_copies_it(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,18 +334,18 @@ def test_checkpoint_of_another_model(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"'x.ckpt' holds weights of a different model \(missing: 2.weight, 2.bias; "
                                               r"unexpected: 1.weight, 1.bias; different shapes: 0.weight \(4, 3\) in the file, "
                                               r"\(5, 3\) in the model"):
-        checkpoint.load_model_state(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), state, "x.ckpt")
+        restore.load_model_state(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), state, "x.ckpt")
     model = nn.Linear(3, 4)
-    checkpoint.load_model_state(model, {"weight": torch.ones(4, 3), "bias": torch.zeros(4)}, "x.ckpt")
+    restore.load_model_state(model, {"weight": torch.ones(4, 3), "bias": torch.zeros(4)}, "x.ckpt")
     assert torch.equal(model.weight, torch.ones(4, 3))
     other = torch.optim.Adam(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).parameters()).state_dict()
     with pytest.raises(CheckpointError, match=r"'x.ckpt' holds optimizer state that does not fit this optimizer \(Adam\)"):
-        checkpoint.load_optimizer_state(torch.optim.Adam(model.parameters()), other, "x.ckpt")
+        restore.load_optimizer_state(torch.optim.Adam(model.parameters()), other, "x.ckpt")
 
 
 def test_weights_round_trip_and_errors(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    path = checkpoint.export_weights(model, tmp_path / "model.safetensors")
+    path = weights.export_weights(model, tmp_path / "model.safetensors")
     fresh = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     import gradloop as gl
 

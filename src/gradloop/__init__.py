@@ -12,11 +12,13 @@ from .callbacks import (
     TensorBoardLogger,
     TerminateOnNaN,
 )
-from .persistence.checkpoint import CheckpointError, load_weights
+from .persistence.checkpoint import CheckpointError
+from .persistence.weights import load_weights
 from .doctor import lr_find, DoctorReport, LRFindResult, doctor
 from .history import History
 from .persistence.runlock import RunDirLocked
-from .state import TrainState, seed_everything
+from .state import TrainState
+from .util import seed_everything
 from .trainer import Trainer
 
 __all__ = [

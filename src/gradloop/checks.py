@@ -1,8 +1,7 @@
 """Checks run before the first step: does the model's output fit the targets and the loss?"""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -10,9 +9,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data.batches import Batches, LoaderBatches, TensorBatches
-from .names.losses import CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
+from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
 from .names.metrics import Metric
-from .state import rng_state, set_rng_state
+from .util import first_line, preserved_rng
 
 
 def _shape(t: Any) -> str:
@@ -60,23 +59,23 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, 
                 fix = f"The inputs are {str(inputs.dtype).replace('torch.', '')}: convert them with X.float()"
             raise ValueError(
                 f"the model cannot process the {role} inputs (a batch of shape {_shape(inputs)}): "
-                f"{type(err).__name__}: {_first_line(err)}. {fix}"
+                f"{type(err).__name__}: {first_line(err)}. {fix}"
             ) from err
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model must return a tensor; it returned {type(outputs).__name__}")
-        check_targets(outputs, targets, loss_name, role)
+        _raise(fit_problem(outputs, targets, loss_name, role))
         if isinstance(batches, TensorBatches) and batches.targets is not None and loss_name in CLASS_INDEX_LOSSES:
-            check_label_range(outputs.shape[1], batches.targets, role)
+            _raise(label_range_problem(outputs.shape[1], batches.targets, role))
         if isinstance(batches, LoaderBatches) and loss_name in CLASS_INDEX_LOSSES:
             dataset = batches.loader.dataset
             if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
-                check_label_range(outputs.shape[1], dataset.tensors[1], role)
+                _raise(label_range_problem(outputs.shape[1], dataset.tensors[1], role))
         try:
             loss = loss_fn(outputs, targets)
         except Exception as err:
             raise ValueError(
                 f"the loss cannot compare model outputs {_shape(outputs)} with {role} targets {_shape(targets)}: "
-                f"{type(err).__name__}: {_first_line(err)}"
+                f"{type(err).__name__}: {first_line(err)}"
             ) from err
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"the loss must return a scalar tensor; it returned {_shape(loss)}: reduce it with .mean()")
@@ -86,59 +85,48 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, 
             except Exception as err:
                 raise ValueError(
                     f"metric {metric.name!r} cannot compare model outputs {_shape(outputs)} with targets "
-                    f"{_shape(targets)}: {type(err).__name__}: {_first_line(err)}"
+                    f"{_shape(targets)}: {type(err).__name__}: {first_line(err)}"
                 ) from err
 
 
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Restores python's, numpy's and torch's (CPU and CUDA) generators on exit."""
-    saved = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
+def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str) -> str | None:
+    """The output/target fit rules of a known loss: what does not fit and how to fix it, or None.
 
-
-def check_targets(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str) -> None:
+    The Trainer raises it as a ValueError before the first step; the doctor reports it.
+    """
     if loss_name in CLASS_INDEX_LOSSES:
         if targets.is_floating_point() and targets.shape == outputs.shape:
-            return  # class probabilities
+            return None  # class probabilities
         if targets.is_floating_point():
-            raise ValueError(
-                f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
-                "convert it with y.long() (or use loss='mse' for regression)"
-            )
+            return (f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
+                    "convert it with y.long() (or use loss='mse' for regression)")
         if outputs.ndim != targets.ndim + 1:
-            raise ValueError(
-                f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
-                f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)"
-            )
-        check_label_range(outputs.shape[1], targets, role)
-    elif loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
-        hint = ""
+            return (f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
+                    f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)")
+        return label_range_problem(outputs.shape[1], targets, role)
+    if loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
+        hint = ": give the model as many outputs as y has columns"
         if outputs.numel() == targets.numel():
             hint = f": reshape y to {tuple(outputs.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(targets.shape)}"
-        raise ValueError(
-            f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
-            f"{role} y is {_shape(targets)}{hint or ': give the model as many outputs as y has columns'}"
-        )
-    if loss_name in ("bce", "bce_with_logits") and not targets.is_floating_point():
-        raise ValueError(f"{loss_name} needs float targets in [0, 1], but {role} y is {_shape(targets)}: use y.float()")
+        return (f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
+                f"{role} y is {_shape(targets)}{hint}")
+    if loss_name in BINARY_LOSSES and not targets.is_floating_point():
+        return f"{loss_name} needs float targets in [0, 1], but {role} y is {_shape(targets)}: use y.float()"
+    return None
 
 
-def check_label_range(num_classes: int, targets: torch.Tensor, role: str) -> None:
+def label_range_problem(num_classes: int, targets: torch.Tensor, role: str) -> str | None:
+    """Class labels outside [0, num_classes) and the fix, or None."""
     if targets.numel() == 0 or targets.is_floating_point():
-        return
+        return None
     low, high = int(targets.min()), int(targets.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{role} labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, but y contains "
-            f"{bad}: give the model {max(high + 1, num_classes)} outputs or map the labels to 0..{num_classes - 1}"
-        )
+    if 0 <= low and high < num_classes:
+        return None
+    bad = low if low < 0 else high
+    return (f"{role} labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, but y contains "
+            f"{bad}: give the model {max(high + 1, num_classes)} outputs or map the labels to 0..{num_classes - 1}")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else "(no message)"
+def _raise(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)

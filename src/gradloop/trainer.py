@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from .persistence import checkpoint, layout as snapshot
 from .data import distributed
+from .persistence import checkpoint, finding, weights
+from .persistence import layout as snapshot
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
@@ -24,7 +25,8 @@ from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .names.optim import OptimizerSpec, build_optimizer
 from .persistence.runlock import RunLock
 from .persistence.signals import GracefulStop
-from .state import TrainState, seed_everything
+from .state import TrainState
+from .util import seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -117,7 +119,7 @@ class Trainer:
         self._batch_size = batch_size
         self._settings = self._resume_settings(train_batches, batch_size, shuffle)
         self.batches_per_epoch = self._settings["num_batches"]
-        self.log_names = self._log_names(val_batches is not None)
+        self.log_names = self.logged_names(val_batches is not None)
         self._prepare_run_dir()
         with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
             return self._fit(train_batches, val_batches, resume)
@@ -142,8 +144,8 @@ class Trainer:
                                 else "max_steps" if self._max_steps_reached() else "max_epochs")
         self.callbacks.call("on_fit_end", self)
         if self.run_dir is not None and distributed.is_rank_zero():
-            if snapshot.weights_are_finite(self.model):
-                checkpoint.export_weights(self.model, self.run_dir / "model.safetensors")
+            if weights_are_finite(self.model):
+                weights.export_weights(self.model, self.run_dir / "model.safetensors")
             else:
                 print("gradloop: the final weights are not finite: model.safetensors not written", file=sys.stderr)
         return self.history
@@ -335,7 +337,7 @@ class Trainer:
     def _load_resume_point(self, resume: str | os.PathLike[str]) -> dict[str, Any] | None:
         if str(resume) == "last":
             assert self.run_dir is not None
-            found = checkpoint.load_latest(self.run_dir / "checkpoints", map_location=self.device)  # verifies once
+            found = finding.load_latest(self.run_dir / "checkpoints", map_location=self.device)  # verifies once
             if found is None:
                 print(f"gradloop: no checkpoint in {self.run_dir / 'checkpoints'} yet: starting from scratch", file=sys.stderr)
                 return None
@@ -362,7 +364,7 @@ class Trainer:
             raise SystemExit(self._signals.exit_code)  # under torchrun rank 0 writes the resume point
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
-        elif not snapshot.weights_are_finite(self.model):
+        elif not weights_are_finite(self.model):
             print(f"gradloop: {name} at {where}: weights are not finite, the last good checkpoint is kept", file=sys.stderr)
         else:
             path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
@@ -371,7 +373,8 @@ class Trainer:
         raise SystemExit(self._signals.exit_code)
 
     # ----------------------------------------------------------------------------- helpers
-    def _log_names(self, has_val: bool) -> list[str]:
+    def logged_names(self, has_val: bool) -> list[str]:
+        """The names each epoch's logs hold (what a monitor may name), with or without validation data."""
         names = ["loss", *(m.name for m in self.metrics)]
         if has_val:
             names += [f"val_{n}" for n in names]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..persistence import checkpoint
+from ..util import weights_are_finite
 from .base import Callback
 from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
 
@@ -88,7 +89,7 @@ class ModelCheckpoint(Callback):
             raise ValueError("ModelCheckpoint needs a place to write: pass dirpath=... or Trainer(run_dir=...)")
         monitor, mode = self._requested
         if self.save_best:
-            self.monitor = resolve_monitor(trainer, monitor, "ModelCheckpoint")
+            self.monitor = resolve_monitor(trainer.log_names, monitor, "ModelCheckpoint")
             self.mode = infer_mode(self.monitor, mode)
             self._resolved = True
         self._reset()  # a fresh fit starts over; a resumed one gets its state back through load_state_dict
@@ -176,7 +177,7 @@ class ModelCheckpoint(Callback):
             problem = f"the epoch's loss is {epoch_loss}"
         elif loss is not None and not bool(torch.isfinite(loss).all()):  # a sync, but only when saving
             problem = "the batch's loss is not finite"
-        elif not _weights_are_finite(trainer.model):
+        elif not weights_are_finite(trainer.model):
             problem = "the weights are not finite"
         if problem is None:
             return True
@@ -200,13 +201,6 @@ class ModelCheckpoint(Callback):
         self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
         saved = state.get("saved")
         self._saved = tuple(saved) if saved is not None else None  # type: ignore[assignment]
-
-
-def _weights_are_finite(model: torch.nn.Module) -> bool:
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    if not tensors:
-        return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one host sync
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:

@@ -69,7 +69,7 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         monitor, mode = self._requested
-        self.monitor = resolve_monitor(trainer, monitor, "EarlyStopping")
+        self.monitor = resolve_monitor(trainer.log_names, monitor, "EarlyStopping")
         self.mode = infer_mode(self.monitor, mode)
         self._reset()  # a fresh fit starts over; a resumed one gets its state back through load_state_dict
 

@@ -57,7 +57,7 @@ class LRScheduler(Callback):
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self._requested_monitor is not None:
-            self.monitor = resolve_monitor(trainer, self._requested_monitor, "LRScheduler")
+            self.monitor = resolve_monitor(trainer.log_names, self._requested_monitor, "LRScheduler")
         if not _is_scheduler(self._given):
             self.scheduler = self._given(trainer.optimizer)  # type: ignore[operator]
             if not _is_scheduler(self.scheduler):
@@ -139,7 +139,7 @@ class ReduceLROnPlateau(Callback):
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         monitor, mode = self._requested
-        self.monitor = resolve_monitor(trainer, monitor, "ReduceLROnPlateau")
+        self.monitor = resolve_monitor(trainer.log_names, monitor, "ReduceLROnPlateau")
         self.mode = infer_mode(self.monitor, mode)
         min_lr = list(self.min_lr) if isinstance(self.min_lr, (list, tuple)) else self.min_lr
         self.scheduler = TorchReduceLROnPlateau(

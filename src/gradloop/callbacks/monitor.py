@@ -4,10 +4,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
+from typing import Sequence
 
 _MAX_WORDS = ("accuracy", "acc", "auc", "r2", "precision", "recall", "f1", "iou", "dice")
 _MIN_WORDS = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
@@ -38,9 +35,12 @@ def infer_mode(monitor: str, mode: str) -> str:
     )
 
 
-def resolve_monitor(trainer: "Trainer", monitor: str, owner: str) -> str:
-    """Checks that `monitor` will be logged; the default `val_loss` falls back to `loss` with a note."""
-    available = trainer.log_names
+def resolve_monitor(available: Sequence[str], monitor: str, owner: str) -> str:
+    """Checks that `monitor` is among the `available` logged names (`Trainer.logged_names`).
+
+    The default `val_loss` (`VAL_LOSS`) falls back to `loss` with a note when there is no
+    validation data; a monitor named explicitly never falls back.
+    """
     if monitor in available:
         return monitor
     if isinstance(monitor, DefaultMonitor) and "val_" + "loss" not in available and "loss" in available:

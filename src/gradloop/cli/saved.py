@@ -38,7 +38,7 @@ def open_run(run_dir: str | Path) -> SavedRun:
 
 def weights_file(run: SavedRun) -> Path:
     """model.safetensors, else the newest checkpoint (a run interrupted before its end)."""
-    from ..persistence.checkpoint import latest
+    from ..persistence.finding import latest
 
     final = run.path / "model.safetensors"
     if final.is_file():
@@ -54,7 +54,8 @@ def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
     import torch
 
     from .. import Trainer
-    from ..persistence.checkpoint import CheckpointError, load, load_weights
+    from ..persistence.checkpoint import CheckpointError, load
+    from ..persistence.weights import load_weights
     from .models import build_model
 
     if run.config.train.threads is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-_PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
+PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -38,8 +38,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_precision(precision: str | int) -> str:
+    """The canonical precision name ("32", "bf16-mixed", "16-mixed") for a name or an alias."""
     name = str(precision)
-    name = _PRECISION_ALIASES.get(name, name)
+    name = PRECISION_ALIASES.get(name, name)
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(repr(p) for p in PRECISIONS)}")
     return name

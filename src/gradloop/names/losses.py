@@ -1,11 +1,12 @@
 """Loss functions by name. Any callable(outputs, targets) -> scalar tensor works as well."""
 from __future__ import annotations
 
-import difflib
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..util import did_you_mean
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,26 +32,50 @@ _ALIASES = {
     "binary_cross_entropy": "bce",
     "binary_cross_entropy_with_logits": "bce_with_logits",
 }
+# A loss module passed as an instance is the same loss as its name: same checks, same default metrics.
+LOSS_MODULES: dict[type, str] = {
+    nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.MSELoss: "mse", nn.L1Loss: "l1",
+    nn.SmoothL1Loss: "smooth_l1", nn.HuberLoss: "huber", nn.BCELoss: "bce", nn.BCEWithLogitsLoss: "bce_with_logits",
+}
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
-CLASSIFICATION_LOSSES = ("cross_entropy", "nll", "bce", "bce_with_logits")
-SAME_SHAPE_LOSSES = ("mse", "l1", "mae", "smooth_l1", "huber", "bce", "bce_with_logits")
+BINARY_LOSSES = ("bce", "bce_with_logits")
+CLASSIFICATION_LOSSES = CLASS_INDEX_LOSSES + BINARY_LOSSES
+REGRESSION_LOSSES = ("mse", "l1", "mae", "smooth_l1", "huber")
+SAME_SHAPE_LOSSES = REGRESSION_LOSSES + BINARY_LOSSES
 
 
-def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def loss_name(loss: Any) -> str | None:
+    """The canonical name of a loss given by name or as a loss module of its own class; None otherwise.
+
+    Subclasses are not recognised: they may compute anything.
+    """
+    if isinstance(loss, str):
+        name = _ALIASES.get(loss.lower(), loss.lower())
+        return name if name in LOSSES else None
+    return LOSS_MODULES.get(type(loss))
+
+
+def loss_task(name: str | None) -> str | None:
+    """"classification" (class indices), "binary", "regression", or None for a loss gradloop does not know."""
+    if name in CLASS_INDEX_LOSSES:
+        return "classification"
+    if name in BINARY_LOSSES:
+        return "binary"
+    if name in REGRESSION_LOSSES:
+        return "regression"
+    return None
 
 
 def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str | None]:
-    """Returns the loss function and its canonical name (None for a user callable)."""
+    """The loss function and its canonical name (`loss_name`; None for a callable gradloop does not know)."""
     if isinstance(loss, str):
-        name = _ALIASES.get(loss.lower(), loss.lower())
-        if name not in LOSSES:
+        name = loss_name(loss)
+        if name is None:
             raise ValueError(
-                f"unknown loss {loss!r}{suggest(loss.lower(), list(LOSSES))}: use one of "
+                f"unknown loss {loss!r}{did_you_mean(loss.lower(), LOSSES)}: use one of "
                 f"{', '.join(sorted(LOSSES))}, or pass a callable(outputs, targets) -> scalar tensor"
             )
         return LOSSES[name](), name
     if callable(loss):
-        return loss, None
+        return loss, loss_name(loss)
     raise TypeError(f"loss must be a name like 'cross_entropy' or a callable(outputs, targets); received: loss={loss!r}")

@@ -5,7 +5,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .losses import suggest
+from ..util import did_you_mean
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -31,28 +31,18 @@ def build_optimizer(
     A name uses torch's defaults for everything except `lr` and `options`. An instance is used
     as given (its parameters must be the model's). A callable is called with the parameters.
     """
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
-        raise ValueError(f"lr must be a positive number; received: lr={lr!r}")
+    check_optimizer_args(spec, lr, options)
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(spec, torch.optim.Optimizer):
-        if options:
-            raise ValueError("optimizer_options only apply to an optimizer given by name")
         _check_owns_model(spec, model)
         return spec
     if isinstance(spec, str):
         name = spec.lower()
-        if name not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {spec!r}{suggest(name, list(OPTIMIZERS))}: use one of "
-                f"{', '.join(OPTIMIZERS)}, a torch.optim.Optimizer, or a callable params -> optimizer"
-            )
         if not params:
             raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
         kwargs = dict(options or {})
         if lr is not None:
             kwargs["lr"] = lr
-        elif name == "sgd":
-            raise ValueError("optimizer='sgd' needs a learning rate: pass lr=..., e.g. lr=0.01")
         if name in FOREACH_IDENTICAL and not {"foreach", "fused"} & kwargs.keys() and all(p.device.type == "cpu" for p in params):
             # On CPU torch loops over the parameters one by one; its foreach implementation gives
             # bit-identical weights (checked on torch 2.13) with fewer calls. (fused is faster still
@@ -67,10 +57,34 @@ def build_optimizer(
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
         return optimizer
-    raise TypeError(
-        f"optimizer must be a name like 'adam', a torch.optim.Optimizer, or a callable params -> optimizer; "
-        f"received: optimizer={spec!r}"
-    )
+    raise AssertionError("unreachable: check_optimizer_args accepts nothing else")
+
+
+def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = None) -> None:
+    """The checks every place that takes an optimizer makes (Trainer, doctor, command line):
+    a positive `lr`, a known name (with did-you-mean), a learning rate for SGD, `options` only
+    with a name. Raises ValueError or TypeError naming the value and the fix."""
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
+        raise ValueError(f"lr must be a positive number; received: lr={lr!r}")
+    if isinstance(spec, str):
+        name = spec.lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {spec!r}{did_you_mean(name, OPTIMIZERS)}: use one of "
+                f"{', '.join(OPTIMIZERS)}, a torch.optim.Optimizer, or a callable params -> optimizer"
+            )
+        if name == "sgd" and lr is None and "lr" not in (options or {}):
+            raise ValueError("optimizer='sgd' needs a learning rate: pass lr=..., e.g. lr=0.01")
+        return
+    if isinstance(spec, torch.optim.Optimizer):
+        if options:
+            raise ValueError("optimizer_options only apply to an optimizer given by name")
+        return
+    if not callable(spec):
+        raise TypeError(
+            f"optimizer must be a name like 'adam', a torch.optim.Optimizer, or a callable params -> optimizer; "
+            f"received: optimizer={spec!r}"
+        )
 
 
 def _check_owns_model(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:

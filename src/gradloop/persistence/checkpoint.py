@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic write, checksum, safe load; safetensors export of weights.
+"""The checkpoint file: its format and checksum, saving it atomically, verifying and loading it safely.
 
 File format (version 1). A checkpoint is the zip archive that `torch.save` writes, with a 64-byte
 gradloop trailer stored as the archive's comment, so the file stays a valid zip (and a valid
@@ -31,29 +31,20 @@ taken for a checkpoint and is removed by a later save.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import mmap as _mmap
 import os
-import re
-import secrets
 import struct
-import sys
 import threading
-import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-from torch import nn
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from ..util import TEMP_FILE, atomic_link, atomic_write, first_line, write_all
 
 VERSION = 1
 MAGIC = b"GRADLOOP"
@@ -67,14 +58,9 @@ _TAIL = struct.Struct("<II8s")  # version, trailer size, magic: the part every v
 _EOCD = b"PK\x05\x06"  # zip end-of-central-directory signature; the record is 22 bytes
 _EOCD_SIZE = 22
 _TREE_TAG = b"gradloop-sha256-tree\x00"
-_TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.gradloop-tmp$")
-_STALE_TEMP_AGE_S = 10.0  # a temp file this old and unlocked belongs to a writer that died
 _CHUNKS_PER_TASK = 16  # verification hands out this many chunks at a time to each thread
-_COPY_BLOCK = 16 << 20
 _WRITEBACK_EVERY = 128 << 20
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class CheckpointError(ValueError):
@@ -102,7 +88,7 @@ def path_in(directory: str | os.PathLike[str], name: str) -> Path:
 def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Writes `state` (anything `torch.load(weights_only=True)` can read back) to `path`, atomically."""
     path = Path(path)
-    if not path.name or _TEMP.match(path.name):
+    if not path.name or TEMP_FILE.match(path.name):
         raise ValueError(f"{str(path)!r} is not a usable checkpoint file name")
 
     def fill(fd: int) -> None:
@@ -117,7 +103,7 @@ def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
                 raise
             writer.finish()
 
-    _atomic_write(path, fill)
+    write(path, fill)
     return path
 
 
@@ -217,11 +203,11 @@ class _HashingWriter:
         if len(pieces) < 3:
             for chunk, piece in pieces:
                 chunk.update(piece)
-            _write_all(self.fd, view)
+            write_all(self.fd, view)
         else:
             futures = [self.hasher.submit(chunk.update, piece) for chunk, piece in pieces]
             try:
-                _write_all(self.fd, view)
+                write_all(self.fd, view)
             finally:  # `view` may be freed once we return, even when the write failed
                 for future in futures:
                     future.result()
@@ -242,7 +228,7 @@ class _HashingWriter:
             raise CheckpointError("torch.save wrote a zip archive gradloop does not recognize; cannot add the checksum")
         os.pwrite(self.fd, struct.pack("<H", _TRAILER.size), self.tree.size - 2)
         trailer = _TRAILER.pack(self.tree.size, self.tree.chunk_size, CRC32_TREE, self.tree.digest(), VERSION, _TRAILER.size, MAGIC)
-        _write_all(self.fd, memoryview(trailer))
+        write_all(self.fd, memoryview(trailer))
 
 
 class _Writeback:
@@ -312,89 +298,6 @@ def _zip_crc32_off() -> Iterator[None]:
         config.save.compute_crc32 = old
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while len(data):
-        data = data[os.write(fd, data):]
-
-
-def _atomic_write(path: Path, fill: Callable[[int], None]) -> None:
-    """Creates a temp file in `path`'s directory, `fill`s it, fsyncs, renames it to `path`, fsyncs the directory."""
-    with _directory(path) as dir_fd:
-        _remove_stale_temps(dir_fd)
-        temp = _temp_name(path.name)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o666, dir_fd=dir_fd)
-        try:
-            if fcntl is not None:  # marks the temp as in use, for _remove_stale_temps in other processes
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            fill(fd)
-            os.fsync(fd)
-            os.replace(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=dir_fd)
-            raise
-        finally:
-            os.close(fd)
-        os.fsync(dir_fd)
-
-
-def link(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Gives the committed file `source` a second name `target` (a hard link), atomically.
-
-    Where hard links are not supported (some network and FAT file systems) `target` is an atomic copy.
-    """
-    source, target = Path(source), Path(target)
-    path_in(target.parent, target.name)
-    try:
-        with _directory(target) as dir_fd:
-            temp = _temp_name(target.name)
-            os.link(source, temp, dst_dir_fd=dir_fd, follow_symlinks=False)
-            try:
-                os.replace(temp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp, dir_fd=dir_fd)
-                raise
-            os.fsync(dir_fd)
-        return target
-    except CheckpointWriteError as err:
-        if err.errno not in _NO_LINKS:
-            raise
-    _atomic_write(target, lambda fd: _copy_into(source, fd))
-    return target
-
-
-_NO_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
-
-
-def _copy_into(source: Path, fd: int) -> None:
-    with open(source, "rb") as handle:
-        while block := handle.read(_COPY_BLOCK):
-            _write_all(fd, memoryview(block))
-
-
-@contextlib.contextmanager
-def _directory(path: Path) -> Iterator[int]:
-    """An open descriptor of `path`'s directory (created if missing); OSErrors become CheckpointWriteError."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    except OSError as err:
-        raise _write_error(path, err) from err
-    try:
-        yield dir_fd
-    except CheckpointWriteError:
-        raise
-    except OSError as err:
-        raise _write_error(path, err) from err
-    finally:
-        os.close(dir_fd)
-
-
-def _temp_name(name: str) -> str:
-    return f".{name}.{secrets.token_hex(8)}.gradloop-tmp"
-
-
 def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
     if isinstance(err, CheckpointWriteError):
         return err
@@ -402,26 +305,22 @@ def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
     return CheckpointWriteError(f"cannot write {str(path)!r}: {reason}; the previous file (if any) is intact", err.errno)
 
 
-def _remove_stale_temps(dir_fd: int) -> None:
-    """Deletes temp files of writers that died (killed mid-save): unlocked and not brand new."""
-    if fcntl is None:
-        return
-    for entry in os.scandir(dir_fd):
-        if not _TEMP.match(entry.name):
-            continue
-        try:
-            fd = os.open(entry.name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd)
-        except OSError:
-            continue
-        try:
-            if time.time() - os.fstat(fd).st_mtime < _STALE_TEMP_AGE_S:
-                continue  # could be a writer between creating and locking it
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(entry.name, dir_fd=dir_fd)
-        except OSError:
-            continue  # locked: a live writer
-        finally:
-            os.close(fd)
+def write(path: Path, data: bytes | Callable[[int], None]) -> Path:
+    """`util.atomic_write(..., durable=True)`, its OSError as a CheckpointWriteError naming `path`."""
+    try:
+        return atomic_write(path, data, durable=True)
+    except OSError as err:
+        raise _write_error(path, err) from err
+
+
+def link(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Gives the committed checkpoint `source` a second name `target` (`util.atomic_link`)."""
+    target = Path(target)
+    path_in(target.parent, target.name)
+    try:
+        return atomic_link(source, target)
+    except OSError as err:
+        raise _write_error(target, err) from err
 
 
 # --------------------------------------------------------------------------------- loading
@@ -446,7 +345,7 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu", *, mmap: bool 
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and os.name == "posix")
         except Exception as err:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} passes its checksum but cannot be loaded safely: {_first_line(err)}"
+                f"checkpoint {str(path)!r} passes its checksum but cannot be loaded safely: {type(err).__name__}: {first_line(err)}"
             ) from None
         _check_same_file(path, fd)
     if not isinstance(state, dict):
@@ -552,133 +451,3 @@ def _check_same_file(path: Path, fd: int) -> None:
         same = False
     if not same:
         raise CheckpointError(f"checkpoint {str(path)!r} was replaced while it was being loaded; load it again")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-# --------------------------------------------------------------------------------- finding
-def candidates(directory: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint files (`*.ckpt`) in `directory`, newest first; `last.ckpt` first among equals."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.glob("*" + SUFFIX):
-        try:
-            found.append((path.stat().st_mtime_ns, path.name == "last" + SUFFIX, path.name, path))
-        except OSError:
-            continue
-    return [entry[-1] for entry in sorted(found, reverse=True)]
-
-
-def latest(directory: str | os.PathLike[str]) -> Path | None:
-    """The newest checkpoint (by modification time) in `directory` that verifies; None when there is none.
-
-    A broken newer file is skipped with a note on stderr; when every file fails verification,
-    a CheckpointError names them all.
-    """
-    found = _first_usable(Path(directory), verify)
-    return found[0] if found else None
-
-
-def load_latest(directory: str | os.PathLike[str], map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """Like `latest`, but loads the file too (verifying it once): `(path, state)`, or None."""
-    return _first_usable(Path(directory), lambda path: load(path, map_location))
-
-
-def _first_usable(directory: Path, use: Callable[[Path], Any]) -> tuple[Path, Any] | None:
-    failures: list[str] = []
-    for path in candidates(directory):
-        try:
-            result = use(path)
-        except CheckpointError as err:
-            failures.append(str(err))
-            continue
-        for failure in failures:
-            print(f"gradloop: skipping a broken checkpoint: {failure}; using {str(path)!r}", file=sys.stderr)
-        return path, result
-    if failures:
-        raise CheckpointError(f"no checkpoint in {str(directory)!r} can be used: " + "; ".join(failures))
-    return None
-
-
-# --------------------------------------------------------------------------------- restoring
-def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | os.PathLike[str]) -> None:
-    """`model.load_state_dict(state)`; a checkpoint of another model is one CheckpointError naming `source`."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    resized = [
-        f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
-        for k, v in expected.items()
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
-    ]
-    problems = [f"{label}: {_some(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("different shapes", resized)) if names]
-    if problems:
-        raise CheckpointError(f"{str(source)!r} holds weights of a different model ({'; '.join(problems)})")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{str(source)!r} cannot be loaded into this model: {_first_line(err)}") from None
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], source: str | os.PathLike[str]) -> None:
-    """`optimizer.load_state_dict(state)`; a mismatch is one CheckpointError naming `source`."""
-    try:
-        optimizer.load_state_dict(dict(state))
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
-            f"{str(source)!r} holds optimizer state that does not fit this optimizer ({type(optimizer).__name__}): {_first_line(err)}"
-        ) from None
-
-
-def _some(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-# --------------------------------------------------------------------------------- weights
-def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Writes the model's weights as safetensors (atomically)."""
-    from safetensors.torch import save as to_bytes
-
-    path = Path(path)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    data = to_bytes(_unshare(tensors), metadata={"format": "pt"})
-    _atomic_write(path, lambda fd: _write_all(fd, memoryview(data)))
-    return path
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
-    """Loads weights written by `export_weights` (or any safetensors file) into `model`."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as err:
-        raise CheckpointError(f"weights file {str(path)!r} is not a readable safetensors file: {_first_line(err)}") from None
-    if strict:
-        load_model_state(model, tensors, path)
-        return model
-    try:
-        model.load_state_dict(tensors, strict=False)
-    except RuntimeError as err:  # strict=False still refuses a shape mismatch
-        raise CheckpointError(f"{str(path)!r} cannot be loaded into this model: {_first_line(err)}") from None
-    return model
-
-
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share memory (tied weights): give each its own copy.
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in tensors.items():
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
-        out[name] = tensor.clone() if key in seen else tensor
-        seen.add(key)
-    return out

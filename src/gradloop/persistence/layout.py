@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import checkpoint
 from .checkpoint import CheckpointError
-from ..state import rng_state, set_rng_state
+from .restore import load_model_state, load_optimizer_state
+from ..util import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -76,8 +76,8 @@ def restore_model_and_progress(trainer: "Trainer", saved: dict[str, Any], source
 
     A checkpoint of another model or optimizer is one CheckpointError naming `source`.
     """
-    checkpoint.load_model_state(trainer.model, saved["model"], source)
-    checkpoint.load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
+    load_model_state(trainer.model, saved["model"], source)
+    load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
     if trainer.precision.scaler is not None and saved.get("scaler") is not None:
         trainer.precision.scaler.load_state_dict(saved["scaler"])
     trainer.state.load_state_dict(saved["progress"])

@@ -1,0 +1,54 @@
+"""The final weights as safetensors: `model.safetensors` in the run directory."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..util import first_line
+from .checkpoint import CheckpointError, write
+from .restore import load_model_state
+
+
+def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Writes the model's weights as safetensors (atomically)."""
+    from safetensors.torch import save as to_bytes
+
+    path = Path(path)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    data = to_bytes(_unshare(tensors), metadata={"format": "pt"})
+    write(path, data)
+    return path
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
+    """Loads weights written by `export_weights` (or any safetensors file) into `model`."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}") from None
+    if strict:
+        load_model_state(model, tensors, path)
+        return model
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # strict=False still refuses a shape mismatch
+        raise CheckpointError(f"{str(path)!r} cannot be loaded into this model: {type(err).__name__}: {first_line(err)}") from None
+    return model
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied weights): give each its own copy.
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    return out
