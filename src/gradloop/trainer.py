@@ -100,6 +100,7 @@ class Trainer:
         self._settings: dict[str, Any] = {}
         self._meter = MetricSet(self.metrics, self.device)
         self._signals = GracefulStop()
+        self._step_listeners = self.callbacks.listens("on_optimizer_step")
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True,
@@ -234,6 +235,8 @@ class Trainer:
         self.precision.step(self.optimizer)
         self.state.global_step += 1
         self.state.step_in_epoch += 1
+        if self._step_listeners:
+            self.callbacks.call("on_optimizer_step", self)
 
     def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
         meter = MetricSet(self.metrics, self.device)

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from ..trainer import Trainer
 
 F = TypeVar("F", bound=Callable[..., Any])
-HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_validation_end", "on_epoch_end", "on_fit_end")
+HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end",
+         "on_epoch_end", "on_fit_end")
 
 
 def _default(hook: F) -> F:
@@ -29,6 +30,10 @@ class Callback:
     on_train_batch_end   after every batch (also inside gradient      trainer, loss (detached tensor;
                          accumulation); skipped when no callback       reading it is your own sync)
                          overrides it
+    on_optimizer_step    after every optimizer step (under gradient      trainer (`trainer.state` counts
+                         accumulation: after the group's last batch,    the step already)
+                         before its on_train_batch_end); skipped when
+                         no callback overrides it
     on_validation_end    after validation, when val data is given     trainer, logs (val_* floats)
     on_epoch_end         after training and validation of an epoch    trainer, logs (floats)
     on_fit_end           once, when training ends for any reason       trainer
@@ -57,6 +62,9 @@ class Callback:
 
     @_default
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
+
+    @_default
+    def on_optimizer_step(self, trainer: "Trainer") -> None: ...
 
     @_default
     def on_validation_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
