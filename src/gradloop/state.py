@@ -1,7 +1,10 @@
-"""Training progress: where the loop is."""
+"""Where the loop is: the progress counters and the point inside an epoch a resumed run picks up."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from .names.metrics import MetricSet
 
 
 
@@ -24,3 +27,39 @@ class TrainState:
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key in ("epoch", "global_step", "step_in_epoch", "batch_in_epoch"):
             setattr(self, key, int(state[key]))
+
+
+@dataclass
+class ResumePoint:
+    """What an epoch interrupted mid-way needs besides the counters: its data order (None between
+    epochs), whether it is done (saved from `on_epoch_end`), its running metric sums and its LR
+    (the first param group's LR at its last optimizer step so far)."""
+
+    metrics: MetricSet
+    order: dict[str, Any] | None = None
+    epoch_done: bool = False
+    epoch_lr: float = 0.0
+
+    def start_epoch(self, order: dict[str, Any], lr: float) -> None:
+        self.order, self.epoch_done, self.epoch_lr = order, False, float(lr)
+        self.metrics.reset()
+
+    def end_epoch(self) -> None:
+        self.order, self.epoch_done = None, False
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.order is not None and not self.epoch_done
+
+    def state_dict(self) -> dict[str, Any]:
+        """Between epochs (or once the epoch is done) only the LR: the next epoch starts afresh."""
+        mid = self.mid_epoch
+        return {"order": self.order if mid else None, "metrics": self.metrics.state_dict() if mid else None,
+                "epoch_lr": self.epoch_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.epoch_done, self.epoch_lr = state["order"], False, float(state["epoch_lr"])
+        if state["metrics"] is not None:
+            self.metrics.load_state_dict(state["metrics"])
+        else:
+            self.metrics.reset()

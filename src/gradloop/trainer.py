@@ -13,7 +13,7 @@ from torch import nn
 
 from .data import distributed
 from .persistence import checkpoint, finding, weights
-from .persistence import layout as snapshot
+from .persistence import layout
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
@@ -25,7 +25,7 @@ from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .names.optim import OptimizerSpec, build_optimizer
 from .persistence.runlock import RunLock
 from .persistence.signals import GracefulStop
-from .state import TrainState
+from .state import ResumePoint, TrainState
 from .util import seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
@@ -94,11 +94,9 @@ class Trainer:
         self.log_names: list[str] = []
         self.batches_per_epoch: int | None = None  # for progress displays; None for a loader without len()
         self.resume_command: str | None = None  # shown after a signal; the CLI sets `gradloop resume DIR`
-        self._order: dict[str, Any] | None = None
-        self._epoch_done = False
+        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device))
+        self.fit_settings: dict[str, Any] = {}  # what must match on resume (batch size, data size, ...)
         self._batch_size = 64
-        self._settings: dict[str, Any] = {}
-        self._meter = MetricSet(self.metrics, self.device)
         self._signals = GracefulStop()
         self._step_listeners = self.callbacks.listens("on_optimizer_step")
 
@@ -118,23 +116,28 @@ class Trainer:
         if resume is not None and str(resume) == "last" and self.run_dir is None:
             raise ValueError("resume='last' needs a run_dir: pass Trainer(run_dir=...) or a checkpoint path")
         self._batch_size = batch_size
-        self._settings = self._resume_settings(train_batches, batch_size, shuffle)
-        self.batches_per_epoch = self._settings["num_batches"]
+        self.fit_settings = self._resume_settings(train_batches, batch_size, shuffle)
+        self.batches_per_epoch = self.fit_settings["num_batches"]
         self.log_names = self.logged_names(val_batches is not None)
         self._prepare_run_dir()
         with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
             return self._fit(train_batches, val_batches, resume)
 
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
-        self.state, self.history, self._order, self._epoch_done = TrainState(), History(), None, False
+        self.state, self.history = TrainState(), History()
+        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device))
         self.should_stop, self.stop_reason = False, None
-        self._meter = MetricSet(self.metrics, self.device)
         if self.seed is not None:
             seed_everything(self.seed)
-        saved = self._load_resume_point(resume) if resume is not None else None
-        self.callbacks.call("on_fit_start", self)
-        if saved is not None:
-            self._restore_after_setup(saved)
+        found = self._find_resume_point(resume) if resume is not None else None
+        if found is None:
+            self.callbacks.call("on_fit_start", self)
+        else:
+            path, saved = found
+            layout.restore(self, saved, path, setup=lambda: self.callbacks.call("on_fit_start", self))
+            if not distributed.is_rank_zero():
+                self.resume_point.metrics.reset()  # a mid-epoch checkpoint holds rank 0's partial sums: count them once
+            print(f"gradloop: resuming from {path} (epoch {self.state.epoch}, step {self.state.global_step})", file=sys.stderr)
         with self._signals:
             while not self._finished():
                 self._run_epoch(train, val)
@@ -156,9 +159,8 @@ class Trainer:
         started = time.perf_counter()
         if isinstance(train, LoaderBatches) and distributed.is_distributed():
             train.set_epoch(self.state.epoch)  # a user loader's DistributedSampler
-        if self._order is None:
-            self._order = train.new_order()
-            self._meter.reset()
+        if self.resume_point.order is None:
+            self.resume_point.start_epoch(train.new_order(), self.optimizer.param_groups[0]["lr"])
         logs = self._train_epoch(train)
         if self._signals.received is not None:
             return  # stopped mid-epoch: the checkpoint resumes at this very step
@@ -166,26 +168,25 @@ class Trainer:
             val_logs = self._evaluate(val, "val_")
             self.callbacks.call("on_validation_end", self, val_logs)
             logs.update(val_logs)
-        logs["lr"] = float(self._epoch_lr)
+        logs["lr"] = self.resume_point.epoch_lr
         logs["time"] = time.perf_counter() - started
         self.history.append(logs)
-        self._epoch_done = True
+        self.resume_point.epoch_done = True
         self.callbacks.call("on_epoch_end", self, logs)
         self.state.epoch += 1
         self.state.step_in_epoch = self.state.batch_in_epoch = 0
-        self._order, self._epoch_done = None, False
+        self.resume_point.end_epoch()
 
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
         self._train_model.train()
-        meter = self._meter
-        self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        meter = self.resume_point.metrics
         batch_listeners = self.callbacks.listens("on_train_batch_end")
         # Under torchrun, callbacks that run on every rank see the mean loss of all ranks, so that
         # per-batch decisions (TerminateOnNaN) agree: one all-reduce per batch, only then.
         reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
         k, num_batches = self.accumulate_grad_batches, _length(batches)
-        assert self._order is not None
-        for inputs, targets in batches.iterate(self._order, start_batch=self.state.batch_in_epoch):
+        assert self.resume_point.order is not None
+        for inputs, targets in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
             batch = self.state.batch_in_epoch
             group_start = batch - batch % k
             group_size = k if num_batches is None else min(k, num_batches - group_start)
@@ -231,7 +232,7 @@ class Trainer:
         if self.grad_clip_norm is not None:
             self.precision.unscale(self.optimizer)
             meter.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
-        self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        self.resume_point.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         self.precision.step(self.optimizer)
         self.state.global_step += 1
         self.state.step_in_epoch += 1
@@ -313,13 +314,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as one dict (see `snapshot.py` for the layout)."""
-        return snapshot.trainer_state(self)
+        """Everything a resumed run needs, as one dict (see `layout.py` for the layout)."""
+        return layout.trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a `state_dict()` completely (weights, optimizer, progress, callbacks, RNG)."""
-        snapshot.restore_model_and_progress(self, state)
-        snapshot.restore_after_setup(self, state)
+        layout.restore(self, state, "the state dict")
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Writes the full training state to `path` atomically, with a checksum."""
@@ -334,10 +334,9 @@ class Trainer:
                 f"checkpoint {str(path)!r} holds the state of a {written_with} optimizer; this trainer uses "
                 f"{type(self.optimizer).__name__}: build the Trainer with the same optimizer"
             )
-        snapshot.restore_model_and_progress(self, saved, source=path)
-        snapshot.restore_after_setup(self, saved)
+        layout.restore(self, saved, path)
 
-    def _load_resume_point(self, resume: str | os.PathLike[str]) -> dict[str, Any] | None:
+    def _find_resume_point(self, resume: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
         if str(resume) == "last":
             assert self.run_dir is not None
             found = finding.load_latest(self.run_dir / "checkpoints", map_location=self.device)  # verifies once
@@ -348,15 +347,8 @@ class Trainer:
         else:
             path = Path(resume)
             saved = checkpoint.load(path, map_location=self.device)
-        snapshot.check_settings(saved, self._settings, path)
-        snapshot.restore_model_and_progress(self, saved, source=path)
-        if not distributed.is_rank_zero():
-            self._meter.reset()  # a mid-epoch checkpoint holds rank 0's partial sums: count them once
-        print(f"gradloop: resuming from {path} (epoch {self.state.epoch}, step {self.state.global_step})", file=sys.stderr)
-        return saved
-
-    def _restore_after_setup(self, saved: dict[str, Any]) -> None:
-        snapshot.restore_after_setup(self, saved)
+        layout.check_settings(saved, self.fit_settings, path)
+        return path, saved
 
     def _stop_on_signal(self) -> None:
         """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM)."""
@@ -372,7 +364,7 @@ class Trainer:
         else:
             path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
             print(f"gradloop: {name} at {where}: checkpoint written to {path}", file=sys.stderr)
-            print(f"gradloop: resume with: {self.resume_command or snapshot.default_resume_hint(self.run_dir)}", file=sys.stderr)
+            print(f"gradloop: resume with: {self.resume_command or layout.default_resume_hint(self.run_dir)}", file=sys.stderr)
         raise SystemExit(self._signals.exit_code)
 
     # ----------------------------------------------------------------------------- helpers

@@ -1,11 +1,10 @@
 """What a checkpoint holds and how a trainer is put back into that state.
 
-Layout of `Trainer.state_dict()` (format version in checkpoint.py):
+Layout of `Trainer.state_dict()`, assembled from public state dicts only (the file format is
+checkpoint.py's):
   model, optimizer, scaler      state_dicts
   progress                      TrainState: epoch, global_step, step_in_epoch, batch_in_epoch
-  order                         the current epoch's data order (None between epochs)
-  meter                         the current epoch's running metric sums
-  epoch_lr                      the LR logged for the current epoch so far
+  resume_point                  ResumePoint: the epoch's data order, running metric sums and LR
   history, callbacks            History and every callback's state_dict()
   rng                           python, numpy, torch (and CUDA) generator states
   settings                      what must match on resume (batch size, data size, ...)
@@ -17,17 +16,18 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from ..util import rng_state, set_rng_state
 from .checkpoint import CheckpointError
 from .restore import load_model_state, load_optimizer_state
-from ..util import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
+REQUIRED = ("model", "optimizer", "scaler", "progress", "resume_point", "history", "callbacks", "rng", "settings")
 # A mismatch in these makes the saved position inside an epoch meaningless.
 _POSITION_SETTINGS = ("batch_size", "num_batches", "num_samples", "shuffle", "accumulate_grad_batches")
 
@@ -36,30 +36,35 @@ def trainer_state(trainer: "Trainer") -> dict[str, Any]:
     from .. import __version__
 
     progress = trainer.state.state_dict()
-    order = trainer._order
-    if trainer._epoch_done:  # saved from on_epoch_end: the epoch is complete, resume at the next one
+    if trainer.resume_point.epoch_done:  # saved from on_epoch_end: the epoch is complete, resume at the next one
         progress = {**progress, "epoch": progress["epoch"] + 1, "step_in_epoch": 0, "batch_in_epoch": 0}
-        order = None
+    scaler = trainer.precision.scaler
     return {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
-        "scaler": trainer.precision.scaler.state_dict() if trainer.precision.scaler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "progress": progress,
-        "order": order,
-        "meter": trainer._meter.state_dict() if order is not None else None,
-        "epoch_lr": float(getattr(trainer, "_epoch_lr", trainer.optimizer.param_groups[0]["lr"])),
+        "resume_point": trainer.resume_point.state_dict(),
         "history": trainer.history.state_dict(),
         "callbacks": trainer.callbacks.state_dict(),
         "rng": rng_state(),
-        "settings": dict(trainer._settings),
+        "settings": dict(trainer.fit_settings),
         "versions": {"gradloop": __version__, "torch": str(torch.__version__)},
     }
 
 
+def check_parts(saved: dict[str, Any], source: str | os.PathLike[str]) -> None:
+    """Every part of the layout is there: checked once, before anything is read or restored."""
+    missing = [key for key in REQUIRED if key not in saved]
+    if missing:
+        raise CheckpointError(f"{str(source)!r} is not a gradloop training state (it lacks {', '.join(missing)})")
+
+
 def check_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """A mismatch that breaks the resumed position is an error; any other is a warning."""
+    check_parts(saved, path)
     settings = saved.get("settings") or {}
-    mid_epoch = saved.get("order") is not None
+    mid_epoch = saved["resume_point"]["order"] is not None
     for key, value in current.items():
         if key not in settings or settings[key] == value:
             continue
@@ -71,34 +76,30 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         warnings.warn(message, stacklevel=3)
 
 
-def restore_model_and_progress(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike[str] = "the checkpoint") -> None:
-    """Weights, optimizer, scaler, counters and history: what callbacks may read in on_fit_start.
+def restore(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike[str],
+            setup: Callable[[], None] | None = None) -> None:
+    """Puts `trainer` into the `saved` state: the one restore path.
 
-    A checkpoint of another model or optimizer is one CheckpointError naming `source`.
+    First weights, optimizer, scaler, counters, resume point and history (what callbacks may read
+    in `on_fit_start`), then `setup()` (the fit's `on_fit_start`, which builds schedulers), then
+    the callbacks' states, the optimizer's saved hyperparameters (a scheduler built in
+    `on_fit_start` rewrites the LR) and the RNG states. A checkpoint of another model or
+    optimizer, or one that lacks a part, is one CheckpointError naming `source`.
     """
+    check_parts(saved, source)
     load_model_state(trainer.model, saved["model"], source)
     load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
-    if trainer.precision.scaler is not None and saved.get("scaler") is not None:
+    if trainer.precision.scaler is not None and saved["scaler"] is not None:
         trainer.precision.scaler.load_state_dict(saved["scaler"])
     trainer.state.load_state_dict(saved["progress"])
+    trainer.resume_point.load_state_dict(saved["resume_point"])
     trainer.history.load_state_dict(saved["history"])
-    trainer._order = saved["order"]
-    trainer._epoch_lr = saved.get("epoch_lr", trainer.optimizer.param_groups[0]["lr"])
-    if saved["order"] is not None and saved.get("meter") is not None:
-        trainer._meter.load_state_dict(saved["meter"])
-
-
-def restore_after_setup(trainer: "Trainer", saved: dict[str, Any]) -> None:
-    """Callback states, optimizer hyperparameters and RNG: after on_fit_start has built schedulers."""
+    if setup is not None:
+        setup()
     trainer.callbacks.load_state_dict(saved["callbacks"])
-    # Building a torch LR scheduler in on_fit_start rewrites the optimizer's LR: put the saved one back.
     for group, saved_group in zip(trainer.optimizer.param_groups, saved["optimizer"]["param_groups"]):
         group.update({key: value for key, value in saved_group.items() if key != "params"})
     set_rng_state(saved["rng"])
-
-
-def weights_are_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def default_resume_hint(run_dir: Path) -> str:
