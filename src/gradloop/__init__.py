@@ -1,4 +1,9 @@
 """gradloop: the PyTorch training loop, done once and done properly."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .callbacks import (
     Callback,
     CSVLogger,
@@ -12,18 +17,27 @@ from .callbacks import (
     TensorBoardLogger,
     TerminateOnNaN,
 )
-from .persistence.checkpoint import CheckpointError
-from .persistence.weights import load_weights
-from .doctor import lr_find, DoctorReport, LRFindResult, doctor
 from .history import History
+from .persistence.checkpoint import CheckpointError
 from .persistence.runlock import RunDirLocked
+from .persistence.weights import load_weights
 from .state import TrainState
-from .util import seed_everything
 from .trainer import Trainer
+from .util import seed_everything
+
+_DOCTOR = ("doctor", "DoctorReport", "lr_find", "LRFindResult")  # imported on first use: training does not need them
 
 __all__ = [
-    "doctor", "DoctorReport", "lr_find", "LRFindResult",
-    "Trainer", "History", "TrainState", "Callback", "CSVLogger", "EarlyStopping", "LRScheduler", "ProgressBar",
-    "ReduceLROnPlateau", "TerminateOnNaN", "seed_everything", "JSONLLogger", "ModelCheckpoint", "PlotCurves", "TensorBoardLogger", "CheckpointError", "RunDirLocked", "load_weights",
+    "Trainer", "History", "TrainState", "seed_everything", "load_weights", "CheckpointError", "RunDirLocked",
+    "Callback", "CSVLogger", "EarlyStopping", "JSONLLogger", "LRScheduler", "ModelCheckpoint", "PlotCurves",
+    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN", *_DOCTOR,
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DOCTOR:
+        value = getattr(importlib.import_module(".doctor", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

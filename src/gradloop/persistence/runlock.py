@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..util import pid_alive
+
 LOCK_NAME = ".lock"
 _WRITING_GRACE_S = 2.0  # an empty lock file younger than this is being written by its owner
 _HELD: set[str] = set()  # tokens of the locks this process holds
@@ -69,7 +71,7 @@ class Owner:
             return True  # the machine rebooted since
         if self.pid == os.getpid():
             return self.token not in _HELD  # our pid, but not our lock: an earlier process had this pid
-        if not _pid_running(self.pid):
+        if not pid_alive(self.pid):
             return True
         state, ticks = _proc_stat(self.pid)
         if state == "Z":
@@ -189,18 +191,6 @@ def _read(path: Path) -> str | None:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return None
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    except OSError:
-        return True
-    return True
 
 
 def _proc_stat(pid: int) -> tuple[str | None, int | None]:
