@@ -215,7 +215,7 @@ class Trainer:
                           sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         model = self._train_model
-        no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()
+        no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()  # type: ignore[operator]
         with no_sync:
             with self.precision.autocast():
                 outputs = model(inputs)

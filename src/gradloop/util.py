@@ -174,7 +174,8 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     """python's, numpy's and torch's global generator states (and every initialized CUDA device's),
     in types that `torch.load(weights_only=True)` reads back."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),

@@ -189,7 +189,7 @@ class LoaderBatches:
         if self.sampler is not None:
             batch_size, size = self.sampler.batch_size, self.sampler.shard_samples
         elif self.loader.batch_size is not None and type(self.loader.sampler) in (SequentialSampler, RandomSampler):
-            batch_size, size = self.loader.batch_size, len(self.loader.sampler)
+            batch_size, size = self.loader.batch_size, len(self.loader.sampler)  # type: ignore[arg-type]
         else:
             return None
         return min(batch_size, size - index * batch_size)
@@ -207,6 +207,7 @@ class LoaderBatches:
                 set_epoch(epoch)
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
+        batches: Iterator[Any]
         if self.sampler is not None:
             self.sampler.seed, self.sampler.start_batch = order["seed"], start_batch
             batches = iter(self.loader)

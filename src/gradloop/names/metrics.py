@@ -146,7 +146,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
             "'mae', 'mse', 'rmse', 'r2', or pass a callable(outputs, targets) -> tensor"
         )
     if callable(metric):
-        name = getattr(metric, "__name__", None) or getattr(metric, "name", None)
+        name = getattr(metric, "__name__", None) or getattr(metric, "name", None)  # type: ignore[assignment]
         if not name or name == "<lambda>":
             raise ValueError(
                 f"metric {metric!r} has no usable name: define it with `def my_metric(outputs, targets)` "

@@ -96,7 +96,7 @@ def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
             writer = _HashingWriter(fd, hasher, writeback)
             try:
                 with _zip_crc32_off():
-                    torch.save(dict(state), writer)
+                    torch.save(dict(state), writer)  # type: ignore[arg-type]  # a write-only file object
             except Exception:
                 if writer.error is not None:  # torch reports a failed write as its own RuntimeError
                     raise writer.error from None
