@@ -26,7 +26,7 @@ from .names.optim import OptimizerSpec, build_optimizer
 from .persistence.runlock import RunLock
 from .persistence.signals import GracefulStop
 from .state import ResumePoint, TrainState
-from .util import seed_everything, weights_are_finite
+from .util import first_line, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -259,7 +259,7 @@ class Trainer:
                 hint = f": labels must lie in [0, {outputs.shape[1]}) for a model with {outputs.shape[1]} outputs"
             raise ValueError(
                 f"the loss failed at epoch {self.state.epoch}, batch {self.state.batch_in_epoch} ({shapes}): "
-                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}{hint}"
+                f"{first_line(err)}{hint}"
             ) from err
 
     def _finished(self) -> bool:
