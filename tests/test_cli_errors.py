@@ -79,7 +79,7 @@ def config(tmp_path, text, name="run.toml"):
     (GOOD_CONFIG.replace('path = "blobs.csv"', 'path = "blobs.csv"\nname = "wine"'), ["data", "exactly one of"]),
     ('[data]\nname = "wines"\n', ["data.name", "did you mean 'wine'"]),
     (GOOD_CONFIG + "[callbacks.early_stopping]\nmonitor = \"val_acc\"\n",
-     ["callbacks.early_stopping.monitor = 'val_acc' is not logged", "did you mean 'val_accuracy'"]),
+     ["[callbacks.early_stopping]: EarlyStopping monitors 'val_acc', which is not logged", "did you mean 'val_accuracy'"]),
     (GOOD_CONFIG + "[callbacks.early_stopping]\npatience = -1\n", ["callbacks.early_stopping.patience"]),
     ("[data\n", ["run.toml: invalid TOML"]),
 ])

@@ -32,7 +32,7 @@ def open_run(run_dir: str | Path) -> SavedRun:
     config = load_config(path / CONFIG_FILE)
     spec = DataSpec.load(path / DATA_FILE)
     config_dir = read_run(path).get("config_dir")
-    return SavedRun(path, resolve_defaults(config, spec, spec.sizes.get("val", 0) > 0), spec,
+    return SavedRun(path, resolve_defaults(config, spec), spec,
                     [Path(config_dir)] if config_dir else [])
 
 

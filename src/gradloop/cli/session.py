@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..util import did_you_mean, first_line
 from .config import Config
 from .datasets import load_raw
-from .errors import UsageError, did_you_mean, one_line
+from .errors import UsageError, one_line
 from .prepare import DataSpec, Prepared, prepare
 
 # config table -> (module under gradloop.callbacks, class name)
@@ -60,8 +61,9 @@ def resolve_paths(config: Config, base: Path | None) -> Config:
     return config
 
 
-def resolve_defaults(config: Config, spec: DataSpec, has_val: bool) -> Config:
-    """Fills in what the data decides: loss and metrics for the task, callback monitors."""
+def resolve_defaults(config: Config, spec: DataSpec) -> Config:
+    """Fills in what the data decides: loss and metrics for the task. An unset monitor stays unset:
+    the callback's default (`val_loss`, `loss` without validation data) is resolved by the callback."""
     train = config.train
     classify = spec.task == "classification"
     updates: dict[str, Any] = {}
@@ -69,34 +71,26 @@ def resolve_defaults(config: Config, spec: DataSpec, has_val: bool) -> Config:
         updates["loss"] = "cross_entropy" if classify else "mse"
     if train.metrics is None:
         updates["metrics"] = ["accuracy"] if classify else ["mae", "r2"]
-    train = train.model_copy(update=updates)
-    callbacks = config.callbacks
-    for key in CALLBACKS:
-        section = getattr(callbacks, key)
-        if section is not None and "monitor" in type(section).model_fields and section.monitor is None:
-            callbacks = callbacks.model_copy(update={key: section.model_copy(update={"monitor": "val_loss" if has_val else "loss"})})
-    return config.model_copy(update={"train": train, "callbacks": callbacks})
+    return config.model_copy(update={"train": train.model_copy(update=updates)})
 
 
-def log_names(config: Config, has_val: bool) -> list[str]:
-    """The names the Trainer will log each epoch (for checking monitors up front)."""
-    from ..names.metrics import resolve_metrics
+def check_monitors(config: Config, trainer: Any, has_val: bool) -> None:
+    """Each monitor named in a `[callbacks.*]` table is one the Trainer will log (and has a mode)."""
+    from ..callbacks.monitor import infer_mode, resolve_monitor
 
-    names = ["loss", *(m.name for m in resolve_metrics(config.train.metrics, config.train.loss))]
-    if has_val:
-        names += [f"val_{n}" for n in names]
-    return names + ["lr"]
-
-
-def check_monitors(config: Config, has_val: bool) -> None:
-    available = log_names(config, has_val)
-    for key in CALLBACKS:
+    available = trainer.logged_names(has_val)
+    for key, (_, name) in CALLBACKS.items():
         section = getattr(config.callbacks, key)
         monitor = getattr(section, "monitor", None)
-        if monitor is not None and monitor not in available:
-            hint = did_you_mean(monitor, available)
-            extra = "" if has_val or not monitor.startswith("val_") else " (there is no validation data: data.val_split is 0)"
-            raise UsageError(f"callbacks.{key}.monitor = {monitor!r} is not logged{extra}{hint}; available: {', '.join(available)}")
+        if monitor is None:
+            continue
+        try:
+            infer_mode(resolve_monitor(available, monitor, name), section.mode)
+        except ValueError as err:
+            hint = "" if monitor in available else did_you_mean(monitor, available)
+            if not has_val and monitor.startswith("val_"):
+                hint += " (there is no validation data: data.val_split is 0)"
+            raise UsageError(f"[callbacks.{key}]: {first_line(err)}{hint}") from None
 
 
 def build_callbacks(config: Config) -> list[Any]:
@@ -110,7 +104,8 @@ def build_callbacks(config: Config) -> list[Any]:
         if cls is None:
             raise UsageError(f"[callbacks.{key}]: gl.{name} is not available in this gradloop installation yet: remove the table")
         try:
-            callbacks.append(cls(**section.model_dump()))
+            unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
+            callbacks.append(cls(**section.model_dump(exclude=unset)))
         except (TypeError, ValueError) as err:
             raise UsageError(f"[callbacks.{key}]: {one_line(str(err))}") from None
     return callbacks
@@ -146,8 +141,7 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     data = data or load_data(config, spec, check_finite=strict)
-    config = resolve_defaults(config, data.spec, data.val is not None)
-    check_monitors(config, data.val is not None)
+    config = resolve_defaults(config, data.spec)
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the seed too
     model = build_model(config.model, data.spec, search_paths)
     train = config.train
@@ -164,6 +158,7 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
         )
     except (ValueError, TypeError) as err:
         raise UsageError(f"[train]: {one_line(str(err))}") from None
+    check_monitors(config, trainer, data.val is not None)
     for role, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
         if pair is None or not strict:
             continue

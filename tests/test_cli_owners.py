@@ -1,0 +1,73 @@
+"""One owner per concept: the command line asks the core (the Trainer, the monitor, the name
+registries, util) instead of keeping its own copy, so it accepts and rejects what the library does."""
+import json
+from pathlib import Path
+
+import pytest
+
+from gradloop.cli.main import main
+
+BLOBS = """
+[data]
+path = "blobs.csv"
+target = "animal"
+batch_size = 16
+[model]
+hidden = [8]
+[train]
+max_epochs = 2
+"""
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    rows = ["f1,f2,animal"] + [f"{i % 7 - 3},{(i * 5) % 11 - 5},{'cat dog eel'.split()[i % 3]}" for i in range(60)]
+    (tmp_path / "blobs.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def run(capsys, tmp_path, text, *args):
+    """(exit code, stdout, stderr) of `gradloop fit run.toml ARGS` with `text` as the config."""
+    (tmp_path / "run.toml").write_text(text)
+    try:
+        code = main(["fit", "run.toml", *args])
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def fit_error(capsys, tmp_path, text):
+    """The one line `gradloop fit` reports for a bad config (exit 2, no run directory left)."""
+    code, _, err = run(capsys, tmp_path, text, "--run-dir", "runs/bad")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("gradloop: error: "), err
+    assert not Path("runs/bad").exists()
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------ monitors
+def test_grad_norm_is_a_monitor_when_grad_clip_norm_is_set(blobs, capsys):
+    """The Trainer logs grad_norm with grad_clip_norm: the CLI asks it what is logged."""
+    callbacks = '[callbacks.early_stopping]\nmonitor = "grad_norm"\nmode = "min"\npatience = 5\n'
+    text = BLOBS.replace("[train]", "[train]\ngrad_clip_norm = 1.0") + callbacks
+    code, out, err = run(capsys, blobs, text, "--run-dir", "runs/clipped")
+    assert code == 0, err
+    assert json.loads((blobs / "runs/clipped/run.json").read_text())["status"] == "finished"
+    line = fit_error(capsys, blobs, BLOBS + callbacks)  # without clipping: not logged
+    assert "EarlyStopping monitors 'grad_norm', which is not logged; available: loss, accuracy" in line
+
+
+def test_a_monitor_without_a_direction_fails_before_anything_is_written(blobs, capsys):
+    text = BLOBS.replace("[train]", "[train]\ngrad_clip_norm = 1.0") + '[callbacks.early_stopping]\nmonitor = "grad_norm"\n'
+    line = fit_error(capsys, blobs, text)
+    assert "[callbacks.early_stopping]: cannot tell whether monitor='grad_norm' should be minimized" in line
+
+
+def test_the_default_monitor_falls_back_to_loss_with_the_callbacks_note(blobs, capsys):
+    text = BLOBS.replace("batch_size = 16", "batch_size = 16\nval_split = 0") + "[callbacks.early_stopping]\n"
+    code, _, err = run(capsys, blobs, text, "--run-dir", "runs/noval")
+    assert code == 0, err
+    assert err.count("EarlyStopping monitors 'loss' (no validation data") == 1, err
+    line = fit_error(capsys, blobs, text + 'monitor = "val_loss"\n')  # named: never falls back
+    assert "monitors 'val_loss', which is not logged" in line and "there is no validation data" in line
