@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import gradloop as gl
-from gradloop.doctor import lr_find, CHECK_NAMES, DoctorReport, LRFindResult, doctor
+from gradloop.doctor import CHECK_NAMES, DoctorReport, LRFindResult, doctor, lr_find
 from gradloop.doctor.data_checks import shared_rows
 
 FAST = dict(overfit_steps=60, overfit_lr=1e-2, lr_find_steps=40)
@@ -165,8 +165,8 @@ def test_labels_out_of_range_are_a_failing_check_not_an_exception():
     y[:4] = 5  # a model with 3 outputs
     report = doctor(mlp(), (X, y), **FAST)
     check = report["data.labels"]
-    assert check.status == "fail" and "outside [0, 3)" in check.message and "5" in check.message
-    assert "6 outputs" in check.advice
+    assert check.status == "fail" and "labels must lie in [0, 3)" in check.message and "contains 5" in check.message
+    assert "give the model 6 outputs" in check.message and check.advice
     # The other checks still run, on the rows with valid labels.
     assert report["model.output"].status == "pass" and report["train.overfit"].status == "pass"
 
@@ -350,7 +350,7 @@ def test_train_eval_consistency():
 def test_output_shape_that_broadcasts_against_the_targets_fails():
     X, _ = blobs()
     check = doctor(mlp(FEATURES, 1), (X, X[:, 0].clone()), loss="mse", checks=["model.output"])["model.output"]
-    assert check.status == "fail" and "broadcast" in check.message and "reshape" in check.advice
+    assert check.status == "fail" and "same shape" in check.message and "y.reshape(-1, 1)" in check.message
 
 
 def test_wrong_input_width_is_a_failing_check():
@@ -410,7 +410,7 @@ def test_unreadable_data_is_reported_not_raised():
 def test_targets_that_do_not_fit_the_loss_fail_once_and_skip_the_rest():
     X, y = blobs()
     report = doctor(mlp(), (X, y.reshape(-1, 1)), **FAST)
-    assert report["model.output"].status == "fail" and "y.reshape(-1)" in report["model.output"].advice
+    assert report["model.output"].status == "fail" and "nn.Linear(..., num_classes)" in report["model.output"].message
     assert [c.name for c in report.failed] == ["model.output"]
     reasons = dict(report.skipped)
     assert "see model.output" in reasons["train.overfit"] and "see model.output" in reasons["train.lr_find"]

@@ -14,7 +14,7 @@ data.balance              class counts; warns from a 5:1 imbalance, suggests cla
 data.leakage              val rows that also occur in train (64-bit row hashes, verified)
 data.variance             constant features
 data.scale                features of very different scales (std ratio >= 100, |x| >= 1000)
-model.output              the model runs on the data; output shape fits targets and loss
+model.output              runs on the data; outputs fit targets and loss (Trainer.fit's rules)
 model.loss_fit            final Softmax/Sigmoid/LogSoftmax vs. the loss; bounded regression
 model.initial_loss        untrained loss vs. chance (ln C; ln 2; predicting mean(y) for mse)
 model.train_eval          eval vs. train outputs differ only through dropout/batch-norm

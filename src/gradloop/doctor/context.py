@@ -9,7 +9,7 @@ from torch import nn
 
 from ..checks import eval_mode
 from ..data.devices import to_device
-from ..names.losses import CLASS_INDEX_LOSSES, LossFn
+from ..names.losses import LossFn, loss_task
 from ..names.optim import OptimizerSpec
 from .inputs import Arrays
 from .preserve import ModelSnapshot
@@ -17,14 +17,6 @@ from .report import Skip
 
 if TYPE_CHECKING:
     from .lr_find import LRFindResult
-
-BINARY_LOSSES = ("bce", "bce_with_logits")
-REGRESSION_LOSSES = ("mse", "l1", "mae", "smooth_l1", "huber")
-# Loss modules passed as instances are recognised, so `trainer.find_lr` and user code get the same checks.
-LOSS_MODULES: dict[type, str] = {
-    nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.MSELoss: "mse", nn.L1Loss: "l1",
-    nn.SmoothL1Loss: "smooth_l1", nn.HuberLoss: "huber", nn.BCELoss: "bce", nn.BCEWithLogitsLoss: "bce_with_logits",
-}
 
 
 @dataclass
@@ -48,7 +40,7 @@ class Context:
     model: nn.Module
     initial: ModelSnapshot
     loss_fn: LossFn
-    loss_name: str | None
+    loss_name: str | None  # names.losses.loss_name: loss modules of a known class have their name
     optimizer: OptimizerSpec
     lr: float | None
     device: torch.device
@@ -69,17 +61,13 @@ class Context:
     # ------------------------------------------------------------------ task
     @property
     def task(self) -> str | None:
-        """"classification" (class indices), "binary", "regression", or None for an unknown loss."""
-        if self.loss_name in CLASS_INDEX_LOSSES:
-            y = self.train.y if self.train is not None else None
-            if y is not None and y.is_floating_point() and y.ndim >= 2:
-                return "probabilities"
-            return "classification"
-        if self.loss_name in BINARY_LOSSES:
-            return "binary"
-        if self.loss_name in REGRESSION_LOSSES:
-            return "regression"
-        return None
+        """The loss's task (`names.losses.loss_task`), with "probabilities" for a class-index loss
+        trained on float (N, C, ...) targets."""
+        task = loss_task(self.loss_name)
+        y = self.train.y if self.train is not None else None
+        if task == "classification" and y is not None and y.is_floating_point() and y.ndim >= 2:
+            return "probabilities"
+        return task
 
     def reset(self) -> None:
         self.initial.restore(self.model)

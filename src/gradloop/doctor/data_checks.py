@@ -10,16 +10,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..checks import label_range_problem
 from .context import Context
 from .inputs import Arrays
-from .report import Check, Skip
+from .report import Check, Skip, dtype_of, listed, shape_of
 
 IMBALANCE_RATIO = 5.0  # largest/smallest class count from which training favours the large class noticeably
 # A few shared rows can be natural duplicates (iris has two identical flowers); this many is leakage.
 LEAK_FAIL_FRACTION, LEAK_FAIL_MIN_ROWS = 0.05, 2
 SCALE_RATIO = 100.0  # feature std ratio from which one learning rate cannot suit all weights
 LARGE_VALUE = 1e3  # |x| from which a default-initialized first layer saturates or explodes
-_SHOWN = 6  # items listed in one line of evidence
 
 
 def check_shapes(ctx: Context) -> Check:
@@ -44,8 +44,8 @@ def _describe(split: Arrays) -> str:
     if split.X is None:
         kind = type(split.raw_batches[0][0]).__name__ if split.raw_batches else "no"
         return f"{split.role}: {len(split.raw_batches)} batches of {kind} inputs{note}"
-    y = f", y {_shape(split.y)}" if split.y is not None else ""
-    return f"{split.role} X {_shape(split.X)}{y}{note}"
+    y = f", y {shape_of(split.y)}" if split.y is not None else ""
+    return f"{split.role} X {shape_of(split.X)}{y}{note}"
 
 
 def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
@@ -54,16 +54,14 @@ def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
         return [(f"{split.role} data has no targets", "give the data as (X, y) pairs: the doctor needs targets to compute the loss")]
     if X is None or y is None:
         return []
-    if X.shape[0] == 0:
-        return [(f"{role} data is empty", "it needs at least one sample")]
     if X.shape[0] != y.shape[0]:
         return [(f"{role} X has {X.shape[0]} rows but y has {y.shape[0]}", "X and y need one row per sample, in the same order")]
     task = ctx.task
     if task == "classification" and y.is_floating_point():
-        return [(f"{role} y is {_dtype(y)} but {ctx.loss_name} needs integer class labels",
+        return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels",
                  "convert the labels with y.long() (or use loss='mse' for a regression target)")]
     if task == "binary" and not y.is_floating_point():  # (mse & co. promote integer targets themselves)
-        return [(f"{role} y is {_dtype(y)} but {ctx.loss_name} needs float targets", "convert them with y.float()")]
+        return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs float targets", "convert them with y.float()")]
     return []
 
 
@@ -88,7 +86,8 @@ def check_finite(ctx: Context) -> Check:
                 clean.append(f"{split.role} {what}")
     if findings:
         return Check("data.finite", "fail", "; ".join(findings),
-                     "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only")
+                     "impute or drop those rows before training (e.g. sklearn SimpleImputer); "
+                     "the model checks below use the finite rows only")
     return Check("data.finite", "pass", f"no NaN or Inf in {', '.join(clean) or 'the (integer) data'}")
 
 
@@ -112,22 +111,12 @@ def check_labels(ctx: Context) -> Check:
     if classes < 2:
         return Check("data.labels", "fail", f"the model has {classes} output but {ctx.loss_name} needs one output per class",
                      "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output")
-    ignore = getattr(ctx.loss_fn, "ignore_index", None)
-    findings = []
-    for split in (train, ctx.val):
-        if split is None or split.y is None or split.y.is_floating_point():
-            continue
-        y = split.y
-        bad = ((y < 0) | (y >= classes)) & (y != ignore if ignore is not None else True)
-        if bool(bad.any()):
-            values = torch.unique(y[bad]).tolist()
-            findings.append(f"{split.role} y has {int(bad.sum())} labels outside [0, {classes}) "
-                            f"(values {_list(values)})")
-    if findings:
-        top = int(max(int(s.y.max()) for s in (train, ctx.val) if s is not None and s.y is not None))
-        return Check("data.labels", "fail", "; ".join(findings) + f"; the model has {classes} outputs",
-                     f"give the model {max(top + 1, classes)} outputs, or map the labels to 0..{classes - 1} "
-                     "(e.g. sklearn LabelEncoder); the model checks below leave those rows out")
+    ignore = getattr(ctx.loss_fn, "ignore_index", None)  # torch skips these labels (default -100)
+    problems = [label_range_problem(classes, s.y if ignore is None else s.y[s.y != ignore], s.role)
+                for s in (train, ctx.val) if s is not None and s.y is not None]
+    if any(problems):
+        return Check("data.labels", "fail", "; ".join(p for p in problems if p),
+                     "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out")
     return Check("data.labels", "pass", f"all labels lie in [0, {classes}) for a model with {classes} outputs")
 
 
@@ -173,7 +162,7 @@ def check_balance(ctx: Context) -> Check:
     evidence = (f"{len(present)} classes in {sum(counts)} training samples; smallest class {low_name}: {low}, "
                 f"largest class {high_name}: {high} (ratio {ratio:.1f})")
     if missing:
-        which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {_list(missing)} have"
+        which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {listed(missing)} have"
         return Check("data.balance", "warn", f"{which} no training samples; {evidence}",
                      "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs")
     if ratio >= IMBALANCE_RATIO:
@@ -257,7 +246,7 @@ def _features(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     X = train.X
     assert X is not None
     if not X.is_floating_point():
-        raise Skip(f"inputs are {_dtype(X)} (e.g. token ids), not continuous features")
+        raise Skip(f"inputs are {dtype_of(X)} (e.g. token ids), not continuous features")
     if X.ndim != 2:
         raise Skip(f"inputs of shape {tuple(X.shape)} are not a table of features; per-feature statistics apply to (N, F) data")
     table = X.numpy().astype(np.float64)
@@ -275,7 +264,7 @@ def check_variance(ctx: Context) -> Check:
         return Check("data.variance", "fail", f"all {n} features are constant over {table.shape[0]} training rows",
                      "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)")
     if len(constant):
-        which = ("feature " if len(constant) == 1 else "features ") + _list(constant.tolist())
+        which = ("feature " if len(constant) == 1 else "features ") + listed(constant.tolist())
         verb = "is" if len(constant) == 1 else "are"
         return Check("data.variance", "warn", f"{len(constant)} of {n} features {verb} constant ({which})",
                      "drop them: they carry no information (harmless for image borders)")
@@ -297,19 +286,6 @@ def check_scale(ctx: Context) -> Check:
         return Check("data.scale", "warn", evidence,
                      "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val")
     return Check("data.scale", "pass", evidence)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape)} {_dtype(t)}"
-
-
-def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
-
-
-def _list(values: list) -> str:
-    shown = ", ".join(str(v) for v in values[:_SHOWN])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > _SHOWN else "")
 
 
 CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (

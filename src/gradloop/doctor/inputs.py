@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.batches import Batch, as_tensor
+from ..util import first_line
 
 RAW_BATCHES = 16  # batches kept when the inputs cannot be stacked into one tensor
 
@@ -37,7 +38,7 @@ class Arrays:
     def size(self) -> int:
         if self.X is not None:
             return int(self.X.shape[0])
-        return sum(_length(x) for x, _ in self.raw_batches)
+        return sum(length(x) for x, _ in self.raw_batches)
 
     @property
     def has_targets(self) -> bool:
@@ -55,9 +56,9 @@ def read(data: Any, role: str, max_samples: int) -> Arrays:
     if isinstance(data, (torch.Tensor, np.ndarray)):
         raise DataError(f"{role} data has inputs but no targets: pass a pair (X, y)")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
+        of_length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise DataError(f"{role} data must be a pair (X, y) of tensors or arrays, a Dataset or a DataLoader; "
-                        f"received {type(data).__name__}{length}")
+                        f"received {type(data).__name__}{of_length}")
     try:
         X, y = as_tensor(data[0], f"{role} X"), as_tensor(data[1], f"{role} y")
     except TypeError as err:
@@ -78,11 +79,11 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
             x, y = _split(item)
             xs.append(x)
             ys.append(y)
-            count += _length(x)
+            count += length(x)
             if count >= max_samples or (not isinstance(x, torch.Tensor) and len(xs) >= RAW_BATCHES):
                 break
     except Exception as err:  # a Dataset that fails on some sample: the doctor reports it
-        raise DataError(f"reading the {role} data failed at batch {len(xs)}: {type(err).__name__}: {_first_line(err)}") from None
+        raise DataError(f"reading the {role} data failed at batch {len(xs)}: {type(err).__name__}: {first_line(err)}") from None
     if not xs or count == 0:
         raise DataError(f"{role} data is empty: it needs at least one sample")
     total = _dataset_size(loader)
@@ -108,11 +109,12 @@ def _split(item: Any) -> tuple[Any, Any]:
     return item, None
 
 
-def _length(x: Any) -> int:
+def length(x: Any) -> int:
+    """Samples in a batch of inputs: a tensor's first dimension, a dict's first value's, or len()."""
     if isinstance(x, torch.Tensor):
         return int(x.shape[0]) if x.ndim else 1
     if isinstance(x, dict) and x:
-        return _length(next(iter(x.values())))
+        return length(next(iter(x.values())))
     try:
         return len(x)
     except TypeError:
@@ -125,7 +127,3 @@ def _dataset_size(loader: DataLoader) -> int | None:
     except TypeError:
         return None
 
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else "(no message)"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..names.optim import build_optimizer
+from ..util import atomic_write
 from .context import Context
 from .report import Check, Skip
 
@@ -76,14 +77,9 @@ class LRFindResult:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Writes the figure as a PNG (atomically) and returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         self.figure().savefig(buffer, format="png")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, buffer.getvalue(), durable=False)
 
 
 def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
@@ -102,10 +98,8 @@ def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
             optimizer = type(spec)(groups or params, **spec.defaults)
         except TypeError:  # a custom optimizer whose defaults are not its arguments
             optimizer = type(spec)(groups or params)
-    elif isinstance(spec, str):
+    else:  # a name or a factory: built as the Trainer builds it
         optimizer = build_optimizer(spec, ctx.model, lr if lr is not None else ctx.lr)
-    else:
-        optimizer = spec(params)
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -8,13 +8,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..checks import fit_problem
+from ..util import first_line
 from .context import Context
-from .report import Check, Skip
+from .report import Check, Skip, dtype_of, shape_of
 
 # An untrained model should score about chance; far above it is confidently wrong, far below
 # it knows what it cannot know yet (a label leaking into the inputs, or a broken loss).
 INITIAL_HIGH, INITIAL_LOW = 2.0, 0.5
 CHANCE_SAMPLES = 1024  # rows averaged for the initial loss
+FIT_ADVICE = "Trainer.fit refuses to start on this too; the checks that train are skipped until it is fixed"
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _BOUNDS = {nn.Sigmoid: (0.0, 1.0), nn.Softmax: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.ReLU: (0.0, math.inf),
@@ -28,63 +31,37 @@ def check_output(ctx: Context) -> Check:
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
         advice = "make the model's first layer accept these inputs (e.g. nn.Linear(in_features=...), nn.Flatten() before it)"
         if isinstance(x, torch.Tensor) and not x.is_floating_point():
-            advice = f"the inputs are {str(x.dtype).replace('torch.', '')}: convert them with X.float() (unless the first layer is an nn.Embedding)"
+            advice = f"the inputs are {dtype_of(x)}: convert them with X.float() (unless the first layer is an nn.Embedding)"
         return Check("model.output", "fail", f"the model fails on inputs of shape {shape}: {ctx.probe_error}", advice)
     if ctx.usable is not None and ctx.usable.numel() == 0:
         raise Skip(f"no training row is usable: {ctx.excluded}")
     x, y = ctx.batch(ctx.batch_size)
     out = ctx.forward(x)
-    problem = output_problem(ctx, out, y)
+    # fit_error was found on two rows, the sample Trainer.fit checks: the same message as the Trainer's.
+    problem = ctx.fit_error or output_problem(ctx, out, y)
     if problem:
-        return Check("model.output", "fail", *problem)
-    return Check("model.output", "pass", f"outputs {_shape(out)} fit targets {_shape(y)} for {ctx.loss_name or 'the loss'}")
+        return Check("model.output", "fail", problem, FIT_ADVICE)
+    return Check("model.output", "pass", f"outputs {shape_of(out)} fit targets {shape_of(y)} for {ctx.loss_name or 'the loss'}")
 
 
-def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> tuple[str, str] | None:
-    """(evidence, advice) when the outputs cannot be trained against `y` with the loss, else None."""
+def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
+    """What keeps the outputs from being trained against `y` with the loss, and the fix; None if nothing.
+
+    The output/target rules of known losses are the core's (`checks.fit_problem`)."""
     if not isinstance(out, torch.Tensor):
-        return (f"the model returns a {type(out).__name__}, not a tensor",
-                "return the output tensor (e.g. a HuggingFace model's .logits) from forward()")
-    problem = _shape_problem(ctx, out, y)
+        return f"the model returns a {type(out).__name__}, not a tensor: return the output tensor (e.g. a HuggingFace model's .logits)"
+    problem = fit_problem(out, y, ctx.loss_name, "train")
     if problem:
         return problem
     try:
         loss = ctx.loss_fn(out, y)
     except Exception as err:
-        return (f"the loss fails on outputs {_shape(out)} and targets {_shape(y)}: {type(err).__name__}: {_first_line(err)}",
+        return (f"the loss fails on outputs {shape_of(out)} and targets {shape_of(y)}: {type(err).__name__}: {first_line(err)}; "
                 "make the outputs and targets fit the loss (see its documentation)")
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = _shape(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        return f"the loss returns {got}, not a scalar", "reduce it to a scalar, e.g. with .mean()"
+        got = shape_of(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        return f"the loss returns {got}, not a scalar: reduce it to a scalar, e.g. with .mean()"
     return None
-
-
-def _shape_problem(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[str, str] | None:
-    task = ctx.task
-    if task == "classification":
-        fits = out.ndim == y.ndim + 1 and out.shape[0] == y.shape[0] and out.shape[2:] == y.shape[1:]
-        if not fits:
-            fix = ("flatten the labels: y = y.reshape(-1)" if y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2
-                   else "end the model with nn.Linear(..., num_classes) for labels of shape (N,)")
-            return (f"outputs {_shape(out)} do not fit class labels {_shape(y)}: {ctx.loss_name} needs scores (N, C) "
-                    "for labels (N,)", fix)
-    elif task in ("probabilities", "binary", "regression") and out.shape != y.shape:
-        if out.numel() == y.numel():
-            return (f"outputs {_shape(out)} and targets {_shape(y)} differ in shape: {ctx.loss_name} would broadcast "
-                    f"them to {tuple(torch.broadcast_shapes(out.shape, y.shape)) if _broadcastable(out, y) else 'an error'}"
-                    " and compare every output with every target",
-                    f"reshape y to {tuple(out.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(y.shape)}")
-        return (f"outputs {_shape(out)} do not match targets {_shape(y)}: {ctx.loss_name} needs the same shape",
-                "give the model as many outputs as y has columns")
-    return None
-
-
-def _broadcastable(a: torch.Tensor, b: torch.Tensor) -> bool:
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-        return True
-    except RuntimeError:
-        return False
 
 
 def _last_module(ctx: Context, x: Any) -> tuple[str, nn.Module | None, torch.Tensor]:
@@ -242,15 +219,6 @@ def _mode_dependent(module: nn.Module) -> bool:
 
 def _name(name: str, module: nn.Module | None) -> str:
     return f"{type(module).__name__} '{name}'" if module is not None else "unknown"
-
-
-def _shape(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else "(no message)"
 
 
 CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (

@@ -1,12 +1,8 @@
-"""Leave no trace: snapshots of a model's tensors, flags and modes, and of the global RNGs."""
+"""Leave no trace: snapshots of a model's tensors, flags and modes (the RNGs: `util.preserved_rng`)."""
 from __future__ import annotations
 
-import contextlib
-import random
 from dataclasses import dataclass
-from typing import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -57,23 +53,3 @@ class ModelSnapshot:
 def is_lazy(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, nn.parameter.UninitializedTensorMixin)
 
-
-@contextlib.contextmanager
-def preserved_rng(device: torch.device, seed: int | None) -> Iterator[None]:
-    """Saves python's, numpy's and torch's global RNG states (and the device's), optionally seeds
-    them for repeatable checks, and puts the saved states back on exit, whatever happened."""
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    # torch.manual_seed also reseeds every initialized CUDA device, so all of them are saved then.
-    use_cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
-    devices = list(range(torch.cuda.device_count())) if use_cuda else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        try:
-            if seed is not None:
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
-                torch.manual_seed(seed)
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)

@@ -7,15 +7,20 @@ import os
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from ..util import atomic_write
 
 if TYPE_CHECKING:
+    import torch
+
     from .lr_find import LRFindResult
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES = ("pass", "warn", "fail")
 _LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
 _WIDTH = 100  # characters per printed line; evidence wraps below its check
+_SHOWN = 6  # items listed in one line of evidence
 
 
 class Skip(Exception):
@@ -107,14 +112,9 @@ class DoctorReport:
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Writes `doctor.json` (and `lr_find.png` when the range test ran) into `run_dir`."""
-        directory = Path(run_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "doctor.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)  # a reader never sees half a report
+        path = atomic_write(Path(run_dir) / "doctor.json", self.to_json() + "\n", durable=False)  # never half a report
         if self.lr_find is not None and self.lr_find.lrs:
-            self.lr_find.plot(directory / "lr_find.png")
+            self.lr_find.plot(path.parent / "lr_find.png")
         return path
 
 
@@ -127,3 +127,18 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------------ evidence, written the same way by every check
+def listed(values: Sequence[Any]) -> str:
+    """The first few values, and how many there are in all when some are left out."""
+    shown = ", ".join(str(v) for v in values[:_SHOWN])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > _SHOWN else "")
+
+
+def dtype_of(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def shape_of(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {dtype_of(t)}"

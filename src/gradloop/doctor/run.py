@@ -12,14 +12,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..data.devices import resolve_device
+from ..data.devices import resolve_device, to_device
 from ..names.losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
-from ..names.optim import OPTIMIZERS, OptimizerSpec
+from ..names.optim import OptimizerSpec, check_optimizer_args
+from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
-from .context import LOSS_MODULES, Context, Settings
+from .context import Context, Settings
 from .inputs import DataError, read
 from .lr_find import LRFindResult, check_lr, current_lr, range_test
-from .preserve import ModelSnapshot, preserved_rng
+from .preserve import ModelSnapshot
 from .report import Check, DoctorReport, Skip
 
 CheckFn = Callable[[Context], Check]
@@ -56,11 +57,12 @@ def doctor(
     `data` and `val` take what `Trainer.fit` takes: `(X, y)` tensors or arrays, a Dataset, or a
     DataLoader. Faults in the data or the model never raise: each one is a failing check (an
     exception inside a check is reported as that check's failure). Bad arguments (an unknown
-    loss name, batch_size=0, ...) raise ValueError/TypeError as everywhere in gradloop.
+    loss name, batch_size=0, ...) raise ValueError/TypeError as everywhere in gradloop; `optimizer`
+    and `lr` get the Trainer's checks and messages (`names.optim.check_optimizer_args`).
 
     The checks work on a deep copy of the model (or, if it cannot be copied, on the model itself,
     restored afterwards): the model's weights, gradients, `requires_grad` flags and per-module
-    train/eval modes, and the global python/numpy/torch RNG states, are left as they were.
+    train/eval modes, and the global python/numpy/torch/CUDA RNG states, are left as they were.
     `seed` makes the checks repeatable (None: use the RNGs as they are, then restore them).
 
     `checks` runs only the named checks or groups ("data", "model", "train", "train.overfit");
@@ -68,8 +70,7 @@ def doctor(
     `lr_find.png` there. Returns a `DoctorReport`: `.ok`, `.checks`, `print(report)`.
     """
     selected = _select(checks)
-    if isinstance(optimizer, str) and optimizer.lower() == "sgd" and lr is None:
-        raise ValueError("optimizer='sgd' needs a learning rate: pass lr=..., e.g. lr=0.01")
+    check_optimizer_args(optimizer, lr)  # the Trainer's checks, so the doctor accepts what the Trainer accepts
     if run_dir is not None:
         _check_writable(Path(run_dir))
     settings = _settings(seed, overfit_steps, overfit_samples, overfit_lr, lr_find_steps, max_samples)
@@ -116,6 +117,7 @@ def lr_find(
     if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr; received: start_lr={start_lr!r}, end_lr={end_lr!r}")
     _positive_int("num_steps", num_steps)
+    check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
     settings = Settings(seed=seed)
     with _session(model, data, loss, None, optimizer, None, batch_size, device, settings) as ctx:
         if ctx.load_error is not None:
@@ -137,17 +139,15 @@ def _session(model: nn.Module, data: Any, loss: str | LossFn, val: Any, optimize
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
     _positive_int("batch_size", batch_size)
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ValueError(f"lr must be a positive number or None; received: lr={lr!r}")
-    if isinstance(optimizer, str) and optimizer.lower() not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    loss_fn, loss_name = resolve_loss(loss)
+    loss_fn, loss_name = resolve_loss(loss)  # a loss module of a known class has its name: the same checks
     resolved = resolve_device(device)
-    with preserved_rng(resolved, settings.seed), warnings.catch_warnings():
+    if resolved.type == "cuda":
+        torch.cuda.init()  # the checks draw CUDA random numbers: its states must be saved even when seed is None
+    with preserved_rng(settings.seed), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. torch's broadcasting warning: the checks report such problems
         with _working_copy(model, resolved) as (work, where):
             ctx = Context(model=work, initial=ModelSnapshot.capture(work), loss_fn=_on_device(loss_fn, where),
-                          loss_name=loss_name or LOSS_MODULES.get(type(loss_fn)), optimizer=optimizer, lr=lr,
+                          loss_name=loss_name, optimizer=optimizer, lr=lr,
                           device=where, batch_size=batch_size, settings=settings)
             ctx.param_map = {id(p): q for p, q in zip(model.parameters(), work.parameters())}
             _load(ctx, data, val)
@@ -198,7 +198,7 @@ def _load(ctx: Context, data: Any, val: Any) -> None:
         except DataError as err:
             errors.append(str(err))
         except Exception as err:  # the doctor reports, it does not raise
-            errors.append(f"reading the {role} data failed: {type(err).__name__}: {err}")
+            errors.append(f"reading the {role} data failed: {_error_line(err)}")
     if errors:
         ctx.load_error = "; ".join(errors)
 
@@ -206,18 +206,16 @@ def _load(ctx: Context, data: Any, val: Any) -> None:
 def _probe(ctx: Context) -> None:
     """One forward pass (eval, no grad) on two samples, to learn the number of outputs."""
     train = ctx.train
-    if train is None or (train.X is None and not train.raw_batches):
+    if train is None:
         return
     if train.X is not None:
         finite = torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1) if train.X.is_floating_point() \
             else torch.ones(train.X.shape[0], dtype=torch.bool)
         rows = finite.nonzero().reshape(-1)[:2]
         if rows.numel() == 0:
-            ctx.probe_error = None
             return
         x: Any = train.X[rows].to(ctx.device)
     else:
-        from ..data.devices import to_device
         x = to_device(train.raw_batches[0][0], ctx.device)
     out = ctx.forward(x)
     if isinstance(out, torch.Tensor):
@@ -253,14 +251,12 @@ def _check_fit(ctx: Context) -> None:
         return
     if ctx.usable is not None and ctx.usable.numel() == 0:
         return
-    x, y = ctx.batch(2)
-    problem = model_checks.output_problem(ctx, ctx.forward(x), y)
-    ctx.fit_error = problem[0] if problem else None
+    x, y = ctx.batch(2)  # two rows, as Trainer.fit checks: the same problem in the same words
+    ctx.fit_error = model_checks.output_problem(ctx, ctx.forward(x), y)
 
 
 def _error_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else '(no message)'}"
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def _run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from .context import Context
-from .report import Check, Skip
+from .inputs import length
+from .report import Check, Skip, listed
 
 # Overfitting one small batch must take the loss "near zero": below this share of where it started.
 OVERFIT_PASS, OVERFIT_WARN = 0.1, 0.5
-_SHOWN = 6
 
 
 def check_gradients(ctx: Context) -> Check:
@@ -34,8 +34,8 @@ def check_gradients(ctx: Context) -> Check:
     missing = [n for n, p in trainable if p.grad is None]
     broken = [n for n, p in trainable if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     zero = [n for n, p in trainable if p.grad is not None and n not in broken and not bool(p.grad.any())]
-    frozen_note = f"; frozen (requires_grad=False): {_list(frozen)}" if frozen else ""
-    problems = [f"{what}: {_list(names)}" for what, names in (
+    frozen_note = f"; frozen (requires_grad=False): {listed(frozen)}" if frozen else ""
+    problems = [f"{what}: {listed(names)}" for what, names in (
         ("no gradient (unused, or cut off by .detach(), .data, .item() or torch.no_grad())", missing),
         ("zero gradient (multiplied by 0, or dead units)", zero),
         ("NaN/Inf gradient", broken)) if names]
@@ -93,7 +93,7 @@ def check_nan_origin(ctx: Context) -> Check:
     if origin is not None:
         return Check("train.nan_origin", "fail", f"backward pass (the forward pass is finite): {origin}",
                      "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps")
-    return Check("train.nan_origin", "pass", f"forward and backward passes are finite on a batch of {_length(x)} "
+    return Check("train.nan_origin", "pass", f"forward and backward passes are finite on a batch of {length(x)} "
                  "(every module's output and gradient checked)")
 
 
@@ -164,7 +164,7 @@ def _backward_origin(model: nn.Module, trace: _Trace) -> str | None:
         where = "the loss" if first_bad[0] == "" else f"code after {_label(first_bad[0], model.get_submodule(first_bad[0]))}"
         return f"the gradient of {where} is the first NaN/Inf (plain code, not a module)"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not _finite(p.grad)]
-    return f"parameters {_list(bad)} get NaN/Inf gradients" if bad else None
+    return f"parameters {listed(bad)} get NaN/Inf gradients" if bad else None
 
 
 def check_overfit(ctx: Context) -> Check:
@@ -189,11 +189,11 @@ def check_overfit(ctx: Context) -> Check:
             value = loss.detach().item()
             if not math.isfinite(value):
                 return Check("train.overfit", "fail", f"the loss became {value} after {steps} steps of Adam(lr={settings.overfit_lr:g}) "
-                             f"on one batch of {_length(x)}", "see train.nan_origin; lower the learning rate or clip gradients")
+                             f"on one batch of {length(x)}", "see train.nan_origin; lower the learning rate or clip gradients")
             if value < 1e-3 * start:
                 break
     end = _eval_loss(ctx, x, y)
-    evidence = (f"loss on one batch of {_length(x)} went from {start:.4g} to {end:.4g} in {steps} steps of "
+    evidence = (f"loss on one batch of {length(x)} went from {start:.4g} to {end:.4g} in {steps} steps of "
                 f"Adam(lr={settings.overfit_lr:g})")
     ratio = end / start if start > 0 else 0.0
     if not math.isfinite(end) or ratio > OVERFIT_WARN:
@@ -230,14 +230,6 @@ def _finite(tensor: torch.Tensor) -> bool:
 
 def _label(name: str, module: nn.Module) -> str:
     return f"module '{name}' ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
-
-
-def _length(x: Any) -> int:
-    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim else 1
-
-
-def _list(names: list[str]) -> str:
-    return ", ".join(names[:_SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > _SHOWN else "")
 
 
 CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (
