@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from gradloop.cli.config import validate
+from gradloop.cli.errors import UsageError
 from gradloop.cli.main import main
+from gradloop.data import devices
+from gradloop.util import first_line
+
+WINE = {"data": {"name": "wine"}}
 
 BLOBS = """
 [data]
@@ -71,3 +77,24 @@ def test_the_default_monitor_falls_back_to_loss_with_the_callbacks_note(blobs, c
     assert err.count("EarlyStopping monitors 'loss' (no validation data") == 1, err
     line = fit_error(capsys, blobs, text + 'monitor = "val_loss"\n')  # named: never falls back
     assert "monitors 'val_loss', which is not logged" in line and "there is no validation data" in line
+
+
+# ------------------------------------------------------------------------------------ names the core owns
+def config_error(raw):
+    with pytest.raises(UsageError) as info:
+        validate(raw, "run.toml")
+    return str(info.value)
+
+
+def core_error(function, *args):
+    with pytest.raises((ValueError, TypeError)) as info:
+        function(*args)
+    return first_line(info.value)
+
+
+def test_precision_names_are_the_trainers(monkeypatch):
+    monkeypatch.setitem(devices.PRECISION_ALIASES, "half-mixed", "16-mixed")  # a new alias, in one place
+    assert validate({**WINE, "train": {"precision": "half-mixed"}}, "x").train.precision == "16-mixed"
+    for name, canonical in devices.PRECISION_ALIASES.items():
+        assert validate({**WINE, "train": {"precision": name}}, "x").train.precision == canonical
+    assert core_error(devices.resolve_precision, "64") in config_error({**WINE, "train": {"precision": "64"}})

@@ -11,12 +11,15 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..data.devices import resolve_precision
+from ..names.losses import resolve_loss
+from ..names.metrics import resolve_metric
+from ..names.optim import OPTIMIZERS
 from .errors import UsageError, did_you_mean
 from .tomlfile import apply_overrides, dumps_toml, read_toml
 
 BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu")
-_PRECISION_ALIASES = {"16": "16-mixed", "fp16": "16-mixed", "bf16": "bf16-mixed", "32-true": "32", "fp32": "32"}
 
 
 class _Section(BaseModel):
@@ -108,7 +111,7 @@ class TrainConfig(_Section):
     max_epochs: int = Field(20, ge=1)
     max_steps: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: str = "32"  # a name or alias gl.Trainer accepts, stored by its canonical name
     device: str = "auto"
     grad_clip_norm: float | None = Field(None, gt=0.0)
     accumulate_grad_batches: int = Field(1, ge=1)
@@ -116,16 +119,12 @@ class TrainConfig(_Section):
 
     @field_validator("precision", mode="before")
     @classmethod
-    def _precision_text(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        return _PRECISION_ALIASES.get(value, value) if isinstance(value, str) else value
+    def _precision_name(cls, value: Any) -> Any:
+        return resolve_precision(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
 
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from ..names.optim import OPTIMIZERS
-
         if name.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), OPTIMIZERS)}; choose one of {', '.join(OPTIMIZERS)}")
         return name.lower()
@@ -134,8 +133,6 @@ class TrainConfig(_Section):
     @classmethod
     def _known_loss(cls, name: str | None) -> str | None:
         if name is not None:
-            from ..names.losses import resolve_loss
-
             resolve_loss(name)  # raises ValueError naming the choices
         return name
 
@@ -143,8 +140,6 @@ class TrainConfig(_Section):
     @classmethod
     def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
         if names is not None:
-            from ..names.metrics import resolve_metric
-
             for name in names:
                 resolve_metric(name)
         return names
