@@ -527,12 +527,10 @@ def test_bad_arguments_raise(kwargs, error):
 
 
 # --------------------------------------------------------------------------- hooked up in the package
-@pytest.mark.skipif(not callable(getattr(gl, "doctor", None)), reason="gl.doctor is exported by gradloop/__init__.py")
 def test_gl_doctor_is_the_doctor():
     assert gl.doctor is doctor and gl.DoctorReport is DoctorReport and gl.lr_find is lr_find
 
 
-@pytest.mark.skipif(not hasattr(gl.Trainer, "find_lr"), reason="Trainer.find_lr is added in trainer.py")
 def test_trainer_find_lr_plots_into_the_run_dir_and_changes_nothing(tmp_path):
     model = mlp()
     trainer = gl.Trainer(model, optimizer="sgd", lr=0.05, run_dir=tmp_path, default_callbacks=False)

@@ -17,6 +17,7 @@ from .callbacks import (
     TensorBoardLogger,
     TerminateOnNaN,
 )
+from .doctor import doctor, lr_find  # the doctor's checks themselves load on the first call
 from .history import History
 from .persistence.checkpoint import CheckpointError
 from .persistence.runlock import RunDirLocked
@@ -25,18 +26,18 @@ from .state import TrainState
 from .trainer import Trainer
 from .util import seed_everything
 
-_DOCTOR = ("doctor", "DoctorReport", "lr_find", "LRFindResult")  # imported on first use: training does not need them
+_DOCTOR_TYPES = ("DoctorReport", "LRFindResult")
 
 __all__ = [
     "Trainer", "History", "TrainState", "seed_everything", "load_weights", "CheckpointError", "RunDirLocked",
     "Callback", "CSVLogger", "EarlyStopping", "JSONLLogger", "LRScheduler", "ModelCheckpoint", "PlotCurves",
-    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN", *_DOCTOR,
+    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN", "doctor", "lr_find", *_DOCTOR_TYPES,
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DOCTOR:
+    if name in _DOCTOR_TYPES:
         value = getattr(importlib.import_module(".doctor", __name__), name)
         globals()[name] = value
         return value

@@ -16,7 +16,7 @@ from .preserve import ModelSnapshot
 from .report import Skip
 
 if TYPE_CHECKING:
-    from .lr_find import LRFindResult
+    from .range_test import LRFindResult
 
 
 @dataclass

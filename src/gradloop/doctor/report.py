@@ -14,7 +14,7 @@ from ..util import atomic_write
 if TYPE_CHECKING:
     import torch
 
-    from .lr_find import LRFindResult
+    from .range_test import LRFindResult
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES = ("pass", "warn", "fail")

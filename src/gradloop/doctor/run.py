@@ -1,10 +1,9 @@
-"""`doctor(...)` and `lr_find(...)`: set up a working copy and the data, run the checks, clean up."""
+"""What `doctor(...)` and `lr_find(...)` run on: a working copy of the model, the data, the selected checks."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -14,14 +13,14 @@ from torch import nn
 
 from ..data.devices import resolve_device, to_device
 from ..names.losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
-from ..names.optim import OptimizerSpec, check_optimizer_args
+from ..names.optim import OptimizerSpec
 from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
 from .context import Context, Settings
 from .inputs import DataError, read
-from .lr_find import LRFindResult, check_lr, current_lr, range_test
+from .range_test import check_lr
 from .preserve import ModelSnapshot
-from .report import Check, DoctorReport, Skip
+from .report import Check, Skip
 
 CheckFn = Callable[[Context], Check]
 CHECKS: tuple[tuple[str, CheckFn], ...] = (
@@ -33,112 +32,13 @@ CHECKS: tuple[tuple[str, CheckFn], ...] = (
 CHECK_NAMES = tuple(name for name, _ in CHECKS)
 
 
-def doctor(
-    model: nn.Module,
-    data: Any,
-    loss: str | LossFn = "cross_entropy",
-    val: Any = None,
-    optimizer: OptimizerSpec = "adam",
-    lr: float | None = 1e-3,
-    batch_size: int = 64,
-    device: str | torch.device = "auto",
-    run_dir: str | os.PathLike[str] | None = None,
-    *,
-    checks: Sequence[str] | None = None,
-    seed: int | None = 0,
-    overfit_steps: int = 200,
-    overfit_samples: int = 32,
-    overfit_lr: float = 3e-3,
-    lr_find_steps: int = 100,
-    max_samples: int = 100_000,
-) -> DoctorReport:
-    """Runs the sanity checks that catch silently failing models, in seconds, before a long run.
-
-    `data` and `val` take what `Trainer.fit` takes: `(X, y)` tensors or arrays, a Dataset, or a
-    DataLoader. Faults in the data or the model never raise: each one is a failing check (an
-    exception inside a check is reported as that check's failure). Bad arguments (an unknown
-    loss name, batch_size=0, ...) raise ValueError/TypeError as everywhere in gradloop; `optimizer`
-    and `lr` get the Trainer's checks and messages (`names.optim.check_optimizer_args`).
-
-    The checks work on a deep copy of the model (or, if it cannot be copied, on the model itself,
-    restored afterwards): the model's weights, gradients, `requires_grad` flags and per-module
-    train/eval modes, and the global python/numpy/torch/CUDA RNG states, are left as they were.
-    `seed` makes the checks repeatable (None: use the RNGs as they are, then restore them).
-
-    `checks` runs only the named checks or groups ("data", "model", "train", "train.overfit");
-    the step counts trade thoroughness for time. With `run_dir`, writes `doctor.json` and
-    `lr_find.png` there. Returns a `DoctorReport`: `.ok`, `.checks`, `print(report)`.
-    """
-    selected = _select(checks)
-    check_optimizer_args(optimizer, lr)  # the Trainer's checks, so the doctor accepts what the Trainer accepts
-    if run_dir is not None:
-        _check_writable(Path(run_dir))
-    settings = _settings(seed, overfit_steps, overfit_samples, overfit_lr, lr_find_steps, max_samples)
-    started = time.perf_counter()
-    with _session(model, data, loss, val, optimizer, lr, batch_size, device, settings) as ctx:
-        report = DoctorReport([], [])
-        for name, check in selected:
-            begun = time.perf_counter()
-            outcome = _run_one(ctx, name, check)
-            report.timings[name] = time.perf_counter() - begun
-            if isinstance(outcome, Check):
-                report.checks.append(outcome)
-            else:
-                report.skipped.append((name, outcome))
-        report.lr_find = ctx.lr_result
-    report.seconds = time.perf_counter() - started
-    if run_dir is not None:
-        report.save(run_dir)
-    return report
-
-
-def lr_find(
-    model: nn.Module,
-    data: Any,
-    loss: str | LossFn = "cross_entropy",
-    optimizer: OptimizerSpec = "adam",
-    batch_size: int = 64,
-    *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_steps: int = 100,
-    smoothing: float | None = None,
-    device: str | torch.device = "auto",
-    seed: int | None = 0,
-    plot: str | os.PathLike[str] | None = None,
-) -> LRFindResult:
-    """The LR range test alone (see `gradloop.doctor.lr_find` module docs for the rule).
-
-    Same inputs as `doctor`; an optimizer instance is cloned (class and hyperparameters) onto a
-    copy of the model, so the model, the optimizer and the RNGs are left as they were. Raises
-    ValueError when the data cannot be used. `smoothing` is the EMA factor (default: a window of
-    about 10 steps). `plot` writes the PNG there.
-    """
-    if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
-        raise ValueError(f"need 0 < start_lr < end_lr; received: start_lr={start_lr!r}, end_lr={end_lr!r}")
-    _positive_int("num_steps", num_steps)
-    check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
-    settings = Settings(seed=seed)
-    with _session(model, data, loss, None, optimizer, None, batch_size, device, settings) as ctx:
-        if ctx.load_error is not None:
-            raise ValueError(ctx.load_error)
-        try:
-            result = range_test(ctx, float(start_lr), float(end_lr), num_steps, smoothing)
-            result.current_lr = current_lr(ctx)
-        except Skip as reason:
-            raise ValueError(f"the LR range test cannot run: {reason}") from None
-    if plot is not None:
-        result.plot(plot)
-    return result
-
-
 @contextlib.contextmanager
-def _session(model: nn.Module, data: Any, loss: str | LossFn, val: Any, optimizer: OptimizerSpec, lr: float | None,
+def session(model: nn.Module, data: Any, loss: str | LossFn, val: Any, optimizer: OptimizerSpec, lr: float | None,
              batch_size: int, device: str | torch.device, settings: Settings) -> Iterator[Context]:
     """Checks the arguments, then yields a Context over a working copy; restores everything on exit."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
-    _positive_int("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     loss_fn, loss_name = resolve_loss(loss)  # a loss module of a known class has its name: the same checks
     resolved = resolve_device(device)
     if resolved.type == "cuda":
@@ -259,7 +159,7 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}"
 
 
-def _run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
+def run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
     """The check's result, or the reason it was skipped; an exception becomes a failing check."""
     try:
         ctx.reset()
@@ -271,7 +171,7 @@ def _run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
                      "the model or data breaks on this step; a training run would hit the same error")
 
 
-def _select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
+def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
     if names is None:
         return list(CHECKS)
     if isinstance(names, str):
@@ -285,11 +185,11 @@ def _select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
     return [c for c in CHECKS if c in chosen]  # always in the documented order
 
 
-def _settings(seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int,
+def make_settings(seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int,
               max_samples: int) -> Settings:
     for name, value in (("overfit_steps", overfit_steps), ("overfit_samples", overfit_samples),
                         ("lr_find_steps", lr_find_steps), ("max_samples", max_samples)):
-        _positive_int(name, value)
+        positive_int(name, value)
     if isinstance(overfit_lr, bool) or not isinstance(overfit_lr, (int, float)) or not overfit_lr > 0:
         raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={overfit_lr!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -298,12 +198,12 @@ def _settings(seed: int | None, overfit_steps: int, overfit_samples: int, overfi
                     lr_find_steps=lr_find_steps, max_samples=max_samples, seed=seed)
 
 
-def _positive_int(name: str, value: Any) -> None:
+def positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
-def _check_writable(directory: Path) -> None:
+def check_writable(directory: Path) -> None:
     """Fails before the checks run rather than after, when the report could not be saved."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
