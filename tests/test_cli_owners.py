@@ -9,6 +9,7 @@ from gradloop.cli.config import validate
 from gradloop.cli.errors import UsageError
 from gradloop.cli.main import main
 from gradloop.data import devices
+from gradloop.names.optim import check_optimizer_args
 from gradloop.util import first_line
 
 WINE = {"data": {"name": "wine"}}
@@ -98,3 +99,11 @@ def test_precision_names_are_the_trainers(monkeypatch):
     for name, canonical in devices.PRECISION_ALIASES.items():
         assert validate({**WINE, "train": {"precision": name}}, "x").train.precision == canonical
     assert core_error(devices.resolve_precision, "64") in config_error({**WINE, "train": {"precision": "64"}})
+
+
+@pytest.mark.parametrize("name", ["adamm", "SGDD", "lbfgs"])
+def test_optimizer_names_are_checked_by_the_trainers_rule(name):
+    message = config_error({**WINE, "train": {"optimizer": name}})
+    assert message.startswith("run.toml: train.optimizer: ") and "\n" not in message
+    assert core_error(check_optimizer_args, name, 1e-3) in message
+    assert validate({**WINE, "train": {"optimizer": "AdamW"}}, "x").train.optimizer == "AdamW"  # any case, as gl.Trainer

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..data.devices import resolve_precision
 from ..names.losses import resolve_loss
 from ..names.metrics import resolve_metric
-from ..names.optim import OPTIMIZERS
+from ..names.optim import check_optimizer_args
 from .errors import UsageError, did_you_mean
 from .tomlfile import apply_overrides, dumps_toml, read_toml
 
@@ -122,12 +122,18 @@ class TrainConfig(_Section):
     def _precision_name(cls, value: Any) -> Any:
         return resolve_precision(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
 
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, name: str) -> str:
-        if name.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), OPTIMIZERS)}; choose one of {', '.join(OPTIMIZERS)}")
-        return name.lower()
+    @model_validator(mode="after")
+    def _optimizer_args(self) -> "TrainConfig":
+        try:
+            check_optimizer_args(self.optimizer, self.lr, self.optimizer_options())  # what gl.Trainer checks
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"train.optimizer: {err}") from None
+        return self
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """The optimizer's keyword arguments beyond `lr` (gl.Trainer's `optimizer_options`)."""
+        options: dict[str, Any] = {"weight_decay": self.weight_decay} if self.weight_decay else {}
+        return options | ({"momentum": self.momentum} if self.momentum is not None else {})
 
     @field_validator("loss")
     @classmethod

@@ -145,16 +145,13 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the seed too
     model = build_model(config.model, data.spec, search_paths)
     train = config.train
-    options = {"weight_decay": train.weight_decay} if train.weight_decay else {}
-    if train.momentum is not None:
-        options["momentum"] = train.momentum
     try:
         trainer = Trainer(
             model, optimizer=train.optimizer, lr=train.lr, loss=train.loss, metrics=train.metrics,
             callbacks=[*(build_callbacks(config) if with_callbacks else []), *extra_callbacks], max_epochs=train.max_epochs,
             max_steps=train.max_steps, device=train.device, precision=train.precision,
             grad_clip_norm=train.grad_clip_norm, accumulate_grad_batches=train.accumulate_grad_batches,
-            seed=train.seed, run_dir=run_dir, optimizer_options=options or None, default_callbacks=default_callbacks,
+            seed=train.seed, run_dir=run_dir, optimizer_options=train.optimizer_options() or None, default_callbacks=default_callbacks,
         )
     except (ValueError, TypeError) as err:
         raise UsageError(f"[train]: {one_line(str(err))}") from None
