@@ -95,3 +95,25 @@ def test_the_epochs_lr_survives_a_stop_after_its_last_step(tmp_path) -> None:
         first.fit((X, y), batch_size=32)
     resumed = trainer(copy.deepcopy(model), tmp_path / "run").fit((X, y), batch_size=32, resume="last")
     assert resumed["lr"] == straight["lr"] == [0.1 * 0.5**2, 0.1 * 0.5**5]
+
+
+def test_ignored_labels_pass_the_label_check_as_the_loss_skips_them() -> None:
+    X, y, model = problem()
+    y = y.clone()
+    y[::7] = -100  # nn.CrossEntropyLoss's default ignore_index
+    reference = copy.deepcopy(model)
+    history = gl.Trainer(model, optimizer="sgd", lr=0.1, max_epochs=1, default_callbacks=False, device="cpu",
+                         metrics=[]).fit((X, y), batch_size=96, shuffle=False)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss = nn.functional.cross_entropy(reference(X), y)
+    loss.backward()
+    optimizer.step()
+    assert history["loss"] == [pytest.approx(loss.item(), abs=1e-6)]
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_column_labels_are_told_to_flatten() -> None:
+    X, y, model = problem()
+    with pytest.raises(ValueError, match=r"needs labels of shape \(N,\).*flatten the labels with y.reshape\(-1\)"):
+        gl.Trainer(model, device="cpu", default_callbacks=False).fit((X, y.reshape(-1, 1)))

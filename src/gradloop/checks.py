@@ -63,13 +63,14 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, 
             ) from err
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model must return a tensor; it returned {type(outputs).__name__}")
-        _raise(fit_problem(outputs, targets, loss_name, role))
+        ignore_index = getattr(loss_fn, "ignore_index", None)
+        _raise(fit_problem(outputs, targets, loss_name, role, ignore_index))
         if isinstance(batches, TensorBatches) and batches.targets is not None and loss_name in CLASS_INDEX_LOSSES:
-            _raise(label_range_problem(outputs.shape[1], batches.targets, role))
+            _raise(label_range_problem(outputs.shape[1], batches.targets, role, ignore_index))
         if isinstance(batches, LoaderBatches) and loss_name in CLASS_INDEX_LOSSES:
             dataset = batches.loader.dataset
             if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
-                _raise(label_range_problem(outputs.shape[1], dataset.tensors[1], role))
+                _raise(label_range_problem(outputs.shape[1], dataset.tensors[1], role, ignore_index))
         try:
             loss = loss_fn(outputs, targets)
         except Exception as err:
@@ -89,7 +90,8 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, 
                 ) from err
 
 
-def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str) -> str | None:
+def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str,
+                ignore_index: int | None = None) -> str | None:
     """The output/target fit rules of a known loss: what does not fit and how to fix it, or None.
 
     The Trainer raises it as a ValueError before the first step; the doctor reports it.
@@ -97,13 +99,19 @@ def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | N
     if loss_name in CLASS_INDEX_LOSSES:
         if targets.is_floating_point() and targets.shape == outputs.shape:
             return None  # class probabilities
+        if targets.is_floating_point() and targets.ndim == outputs.ndim:
+            return (f"{loss_name} with class probabilities needs targets of the outputs' shape; the model outputs "
+                    f"{_shape(outputs)} but {role} y is {_shape(targets)}: give the model one output per class")
         if targets.is_floating_point():
             return (f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
                     "convert it with y.long() (or use loss='mse' for regression)")
+        if outputs.ndim == targets.ndim and targets.shape[-1] == 1 and outputs.ndim >= 2:
+            return (f"{loss_name} needs labels of shape (N,) for outputs of shape (N, C), but {role} y is "
+                    f"{_shape(targets)}: flatten the labels with y.reshape(-1)")
         if outputs.ndim != targets.ndim + 1:
             return (f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
                     f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)")
-        return label_range_problem(outputs.shape[1], targets, role)
+        return label_range_problem(outputs.shape[1], targets, role, ignore_index)
     if loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
         hint = ": give the model as many outputs as y has columns"
         if outputs.numel() == targets.numel():
@@ -115,9 +123,14 @@ def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | N
     return None
 
 
-def label_range_problem(num_classes: int, targets: torch.Tensor, role: str) -> str | None:
-    """Class labels outside [0, num_classes) and the fix, or None."""
-    if targets.numel() == 0 or targets.is_floating_point():
+def label_range_problem(num_classes: int, targets: torch.Tensor, role: str, ignore_index: int | None = None) -> str | None:
+    """Class labels outside [0, num_classes) and the fix, or None. Labels equal to the loss's
+    `ignore_index` (-100 for torch's class-index losses) are skipped, as the loss skips them."""
+    if targets.is_floating_point():
+        return None
+    if ignore_index is not None:
+        targets = targets[targets != ignore_index]
+    if targets.numel() == 0:
         return None
     low, high = int(targets.min()), int(targets.max())
     if 0 <= low and high < num_classes:

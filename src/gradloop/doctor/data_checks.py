@@ -112,7 +112,7 @@ def check_labels(ctx: Context) -> Check:
         return Check("data.labels", "fail", f"the model has {classes} output but {ctx.loss_name} needs one output per class",
                      "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output")
     ignore = getattr(ctx.loss_fn, "ignore_index", None)  # torch skips these labels (default -100)
-    problems = [label_range_problem(classes, s.y if ignore is None else s.y[s.y != ignore], s.role)
+    problems = [label_range_problem(classes, s.y, s.role, ignore)
                 for s in (train, ctx.val) if s is not None and s.y is not None]
     if any(problems):
         return Check("data.labels", "fail", "; ".join(p for p in problems if p),

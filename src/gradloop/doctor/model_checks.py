@@ -50,7 +50,7 @@ def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
     The output/target rules of known losses are the core's (`checks.fit_problem`)."""
     if not isinstance(out, torch.Tensor):
         return f"the model returns a {type(out).__name__}, not a tensor: return the output tensor (e.g. a HuggingFace model's .logits)"
-    problem = fit_problem(out, y, ctx.loss_name, "train")
+    problem = fit_problem(out, y, ctx.loss_name, "train", getattr(ctx.loss_fn, "ignore_index", None))
     if problem:
         return problem
     try:
