@@ -107,3 +107,13 @@ def test_optimizer_names_are_checked_by_the_trainers_rule(name):
     assert message.startswith("run.toml: train.optimizer: ") and "\n" not in message
     assert core_error(check_optimizer_args, name, 1e-3) in message
     assert validate({**WINE, "train": {"optimizer": "AdamW"}}, "x").train.optimizer == "AdamW"  # any case, as gl.Trainer
+
+
+def test_predicted_probabilities_sum_to_one_whatever_the_loss(blobs, capsys):
+    """predict keeps no list of losses: softmax turns logits and log-probabilities (nll) alike into probabilities."""
+    assert run(capsys, blobs, BLOBS.replace("[train]", '[train]\nloss = "nll"'), "--run-dir", "runs/nll")[0] == 0
+    assert main(["predict", "runs/nll", "blobs.csv", "--out", "preds.csv"]) == 0
+    rows = [line.split(",") for line in (blobs / "preds.csv").read_text().splitlines()]
+    assert rows[0] == ["prediction", "prob_cat", "prob_dog", "prob_eel"]
+    for row in rows[1:]:
+        assert sum(map(float, row[1:])) == pytest.approx(1, abs=1e-4)

@@ -67,8 +67,7 @@ def predict(run_dir: str, input_path: str, out: str | None = None) -> int:
         raise UsageError(one_line(str(err))) from None
     if spec.task == "classification":
         assert spec.classes is not None
-        # nll: the model outputs log-probabilities already; otherwise its outputs are logits
-        probs = outputs.exp() if run.config.train.loss == "nll" else torch.softmax(outputs, dim=1)
+        probs = torch.softmax(outputs, dim=1)  # of logits, or of log-probabilities (nll): softmax(log p) = p
         header = ["prediction", *(f"prob_{name}" for name in spec.classes)]
         labels = np.array(spec.classes, dtype=object)[probs.argmax(dim=1).numpy()]
         rows: list[list[Any]] = [[label, *(f"{p:.6g}" for p in row)] for label, row in zip(labels, probs.tolist())]
