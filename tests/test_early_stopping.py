@@ -37,7 +37,7 @@ class StopAt(gl.Callback):
 
 
 class SaveAt(gl.Callback):
-    order = 20  # after EarlyStopping has seen the epoch
+    priority = 20  # after EarlyStopping has seen the epoch
 
     def __init__(self, epoch, path):
         self.epoch, self.path = epoch, path

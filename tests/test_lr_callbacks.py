@@ -22,19 +22,17 @@ PLATEAU = [1.0, 0.9, 0.95, 0.95, 0.96, 0.8, 0.85, 0.795, 0.86, 0.87, 0.88, 0.89,
 class StepLRs(gl.Callback):
     """The LR of every group at each optimizer step (runs before the LR callbacks, which step after it)."""
 
-    order = -1
+    priority = -1
 
     def __init__(self):
-        self.lrs, self.seen = [], 0
+        self.lrs = []
 
-    def on_train_batch_end(self, trainer, loss):
-        if trainer.state.global_step != self.seen:
-            self.seen = trainer.state.global_step
-            self.lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
+    def on_optimizer_step(self, trainer):
+        self.lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
 
 
 class SaveAt(gl.Callback):
-    order = 20
+    priority = 20
 
     def __init__(self, epoch, path):
         self.epoch, self.path = epoch, path

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import gradloop as gl
-from gradloop.persistence import checkpoint
 from gradloop.callbacks.checkpoint import ModelCheckpoint
+from gradloop.persistence import checkpoint
 
 STEPS_PER_EPOCH = 4  # 32 samples, batch size 8
 
@@ -39,7 +39,7 @@ def periodic(run_dir: Path) -> set[str]:
 class Scripted(gl.Callback):
     """Replaces the epoch's val_loss with a scripted value (runs before ModelCheckpoint)."""
 
-    order = 15
+    priority = 15
 
     def __init__(self, values: list[float]) -> None:
         self.values = values
@@ -51,7 +51,7 @@ class Scripted(gl.Callback):
 class Spy(gl.Callback):
     """Runs after ModelCheckpoint: records the weights and the checkpoint files after each epoch."""
 
-    order = 30
+    priority = 30
 
     def __init__(self) -> None:
         self.weights: list[dict[str, torch.Tensor]] = []
@@ -65,7 +65,7 @@ class Spy(gl.Callback):
 class Poison(gl.Callback):
     """Makes the weights NaN at the end of epoch `at` (before ModelCheckpoint sees them)."""
 
-    order = 5
+    priority = 5
 
     def __init__(self, at: int) -> None:
         self.at = at

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import gradloop as gl
-from gradloop.callbacks.base import overrides
 from gradloop.callbacks.logging import CSVLogger, JSONLLogger, TensorBoardLogger, read_jsonl
-from gradloop.callbacks.plots import PlotCurves, curves_figure, plot_history, read_metrics_csv
+from gradloop.callbacks.plots import PlotCurves, curves_figure, plot_history
 from gradloop.callbacks.progress import ProgressBar
+from gradloop.util import read_metrics_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +55,7 @@ def test_progress_off_terminal_prints_one_line_per_epoch():
         assert re.fullmatch(rf"epoch {i + 1}/3  loss \d\.\d{{4}}  accuracy \d\.\d{{4}}  "
                             r"val_loss \d\.\d{4}  val_accuracy \d\.\d{4}  lr 0\.001  \d+\.\ds", line), line
     # nothing per batch: the loop does not even call a batch hook
-    assert not bar.live and not overrides(bar, "on_train_batch_end")
+    assert not bar.live and not bar.listens("on_train_batch_end")
     assert not trainer.callbacks.listens("on_train_batch_end")
 
 
@@ -71,7 +71,7 @@ def test_default_progress_under_capture_prints_plain_lines(capsys):
 def test_live_progress_on_a_terminal():
     stream = FakeTerminal()
     bar = ProgressBar(stream=stream)
-    assert bar.live and overrides(bar, "on_train_batch_end")
+    assert bar.live and bar.listens("on_train_batch_end")
     trainer = make_trainer([bar], max_epochs=2)
     assert trainer.callbacks.listens("on_train_batch_end")
     fit(trainer)
@@ -165,8 +165,8 @@ def test_jsonl_one_step_row_per_optimizer_step_under_accumulation(tmp_path):
 
 def test_jsonl_without_step_rows_has_no_batch_hook(tmp_path):
     logger = JSONLLogger(log_every_n_steps=None)
-    assert not overrides(logger, "on_train_batch_end")
-    assert overrides(JSONLLogger(), "on_train_batch_end")
+    assert not logger.listens("on_train_batch_end") and not logger.listens("on_optimizer_step")
+    assert JSONLLogger().listens("on_train_batch_end") and JSONLLogger().listens("on_optimizer_step")
     fit(make_trainer([logger], run_dir=tmp_path, max_epochs=2))
     assert [r["type"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == ["epoch", "epoch"]
     for bad in (0, -1, True, 2.5):
@@ -277,7 +277,7 @@ def test_plot_curves_callback_and_replot_from_csv(tmp_path):
     seen = []
 
     class Spy(gl.Callback):
-        order = 11
+        priority = 11
 
         def on_epoch_end(self, trainer, logs):
             png = trainer.run_dir / "curves.png"
@@ -299,7 +299,7 @@ def test_plot_curves_throttles_during_training_and_draws_at_the_end(tmp_path):
     seen = []
 
     class Spy(gl.Callback):
-        order = 11
+        priority = 11
 
         def on_epoch_end(self, trainer, logs):
             seen.append((trainer.run_dir / "curves.png").exists())

@@ -84,7 +84,7 @@ def test_finite_losses_train_to_the_end():
 
 def test_first_stop_reason_wins():
     class StopNow(gl.Callback):
-        order = -20  # before TerminateOnNaN
+        priority = -20  # before TerminateOnNaN
 
         def on_train_batch_end(self, trainer, loss):
             trainer.should_stop, trainer.stop_reason = True, "mine"

@@ -1,22 +1,17 @@
 """The callback base class and the list that dispatches events to callbacks."""
 from __future__ import annotations
 
-import difflib
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
+
+from ..util import did_you_mean
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-F = TypeVar("F", bound=Callable[..., Any])
 HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end",
          "on_epoch_end", "on_fit_end")
-
-
-def _default(hook: F) -> F:
-    hook._gradloop_default = True  # type: ignore[attr-defined]
-    return hook
 
 
 class Callback:
@@ -29,11 +24,11 @@ class Callback:
     on_epoch_start       before each training epoch                   trainer
     on_train_batch_end   after every batch (also inside gradient      trainer, loss (detached tensor;
                          accumulation); skipped when no callback       reading it is your own sync)
-                         overrides it
+                         listens
     on_optimizer_step    after every optimizer step (under gradient      trainer (`trainer.state` counts
                          accumulation: after the group's last batch,    the step already)
                          before its on_train_batch_end); skipped when
-                         no callback overrides it
+                         no callback listens
     on_validation_end    after validation, when val data is given     trainer, logs (val_* floats)
     on_epoch_end         after training and validation of an epoch    trainer, logs (floats)
     on_fit_end           once, when training ends for any reason       trainer
@@ -42,38 +37,42 @@ class Callback:
 
     A callback may read `trainer.model`, `trainer.optimizer`, `trainer.state` (epoch, global_step,
     step_in_epoch), `trainer.history`, `trainer.log_names` and `trainer.batches_per_epoch`, add
-    keys to `logs` in `on_epoch_end` (with `order` < 10, so loggers see them), and write `trainer.should_stop = True` (with `trainer.stop_reason`) to stop
-    after the current step. Its `state_dict()` is saved in checkpoints and handed back through
-    `load_state_dict()` on resume. Hooks with other `on_*` names are an error.
+    keys to `logs` in `on_epoch_end` (with `priority` < 10, so loggers see them), and write
+    `trainer.should_stop = True` (with `trainer.stop_reason`) to stop after the current step. Its
+    `state_dict()` is saved in checkpoints and handed back through `load_state_dict()` on resume.
+    Hooks with other `on_*` names are an error. A callback listens to the hooks its class overrides;
+    `listens` may say "not in this run" for some of them, and the loop then skips the call.
 
     Under torchrun every rank runs every callback, on identical (all-reduced) logs, unless the class
     sets `rank_zero_only = True` (loggers, progress, plots, checkpoints): those run on rank 0 alone.
     A callback on every rank must decide the same way on every rank (e.g. `should_stop`).
     """
 
-    order = 0  # callbacks run in increasing order, then in the order given: loggers 10, checkpoints 20
+    priority = 0  # callbacks run by increasing priority, then in the order given: loggers 10, checkpoints 20
     rank_zero_only = False  # True: under torchrun only rank 0 runs this callback's hooks
 
-    @_default
     def on_fit_start(self, trainer: "Trainer") -> None: ...
 
-    @_default
     def on_epoch_start(self, trainer: "Trainer") -> None: ...
 
-    @_default
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
 
-    @_default
     def on_optimizer_step(self, trainer: "Trainer") -> None: ...
 
-    @_default
     def on_validation_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
 
-    @_default
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
 
-    @_default
     def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+    def listens(self, hook: str) -> bool:
+        """Whether `hook` is called on this callback in this run: by default, whether the class overrides it.
+
+        Asked once per hook, when the trainer is built. Override it to say "not in this run" for a
+        hook the class has (ModelCheckpoint without `every_n_steps`): when nobody listens, the loop
+        skips the call per batch or per step, and the host syncs that come with it.
+        """
+        return getattr(type(self), hook) is not getattr(Callback, hook)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -82,20 +81,15 @@ class Callback:
         pass
 
 
-def overrides(callback: Callback, hook: str) -> bool:
-    return not getattr(getattr(callback, hook), "_gradloop_default", False)
-
-
 def _check_hook_names(callback: Callback) -> None:
     for name in dir(type(callback)):
         if name.startswith("on_") and name not in HOOKS:
-            close = difflib.get_close_matches(name, HOOKS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"{type(callback).__name__}.{name} is not a gradloop hook{hint}; hooks are: {', '.join(HOOKS)}")
+            raise TypeError(f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; "
+                            f"hooks are: {', '.join(HOOKS)}")
 
 
 class CallbackList:
-    """Calls each hook on every callback that overrides it, in order.
+    """Calls each hook on every callback that listens to it, by priority.
 
     Under torchrun, callbacks with `rank_zero_only` are skipped on every rank but rank 0.
     """
@@ -106,22 +100,22 @@ class CallbackList:
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks must be gl.Callback instances; received {callback!r}")
             _check_hook_names(callback)
-        self.callbacks = sorted(callbacks, key=lambda c: c.order)
+        self.callbacks = sorted(callbacks, key=lambda c: c.priority)
         self.rank_zero = rank_zero
         runs_here = [c for c in self.callbacks if rank_zero or not c.rank_zero_only]
-        self._listeners = {hook: [c for c in runs_here if overrides(c, hook)] for hook in HOOKS}
+        self._listeners = {hook: [c for c in runs_here if c.listens(hook)] for hook in HOOKS}
         # the same on every rank: what decides whether a per-batch collective happens
-        self._all_rank_listeners = {hook: [c for c in self.callbacks if overrides(c, hook) and not c.rank_zero_only]
+        self._all_rank_listeners = {hook: [c for c in self.callbacks if c.listens(hook) and not c.rank_zero_only]
                                     for hook in HOOKS}
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
 
     def listens(self, hook: str) -> bool:
         return bool(self._listeners[hook])
 
     def listens_on_every_rank(self, hook: str) -> bool:
-        """Some callback that runs on every rank overrides `hook` (the same answer on all ranks)."""
+        """Some callback that runs on every rank listens to `hook` (the same answer on all ranks)."""
         return bool(self._all_rank_listeners[hook])
 
     def call(self, hook: str, *args: Any) -> None:

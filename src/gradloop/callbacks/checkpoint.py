@@ -39,11 +39,11 @@ class ModelCheckpoint(Callback):
 
     Files written at the same moment hold the same bytes: the first is written, the others are
     hard links to it (or copies where links are not supported). Runs after the other callbacks
-    (`order = 20`), so their epoch-end state is part of the checkpoint. `dirpath` defaults to
+    (`priority = 20`), so their epoch-end state is part of the checkpoint. `dirpath` defaults to
     `run_dir/checkpoints`; names are made here, never taken from data.
     """
 
-    order = 20
+    priority = 20
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(
@@ -70,10 +70,6 @@ class ModelCheckpoint(Callback):
         self.keep, self.every_n_epochs, self.every_n_steps = keep, every_n_epochs, every_n_steps
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self._resolved = False
-        if every_n_steps is None:
-            # The trainer calls per-batch hooks only on callbacks that override them: without
-            # step-based saving, hide the override so that the loop skips the call per batch.
-            self.on_train_batch_end = super().on_train_batch_end  # type: ignore[method-assign]
         self._reset()
 
     def _reset(self) -> None:
@@ -81,7 +77,12 @@ class ModelCheckpoint(Callback):
         self.best_path: str | None = None
         self.kept: list[str] = []  # periodic files written by this run, oldest first
         self._saved: tuple[int, int, int] | None = None  # (epoch, step, batch) of the state last written
-        self._seen_step = 0
+        self._step_due = False  # the step just taken is one to save at, once its batch's loss is known
+
+    def listens(self, hook: str) -> bool:
+        if hook in ("on_optimizer_step", "on_train_batch_end"):  # without step saving: nothing per batch or step
+            return self.every_n_steps is not None
+        return super().listens(hook)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: "Trainer") -> None:
@@ -93,31 +94,35 @@ class ModelCheckpoint(Callback):
             self.mode = infer_mode(self.monitor, mode)
             self._resolved = True
         self._reset()  # a fresh fit starts over; a resumed one gets its state back through load_state_dict
-        self._seen_step = trainer.state.global_step
+
+    def on_optimizer_step(self, trainer: "Trainer") -> None:
+        assert self.every_n_steps is not None  # listens() says so
+        self._step_due = trainer.state.global_step % self.every_n_steps == 0
 
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        # Right after a due step (inside an accumulation group the gradients so far are not part
+        # of a checkpoint), once the loss of the batch that completed it is known.
+        if not self._step_due:
+            return
+        self._step_due = False
         state = trainer.state
-        stepped, self._seen_step = state.global_step != self._seen_step, state.global_step
-        # Only right after an optimizer step: inside an accumulation group the gradients so far
-        # are not part of a checkpoint.
-        if not stepped or self.every_n_steps is None or state.global_step % self.every_n_steps:
-            return
-        mark = (state.epoch, state.global_step, state.batch_in_epoch)
-        if mark == self._saved or not self._can_save(trainer, loss=loss):
-            return
-        periodic = self._periodic_name(state.epoch, state.global_step)
-        self._write(trainer, [periodic] if periodic else [], improved=None, mark=mark)
+        if self._can_save(trainer, loss=loss):
+            periodic = self._periodic_name(state.epoch, state.global_step)
+            self._write(trainer, [periodic] if periodic else [], improved=None,
+                        mark=(state.epoch, state.global_step, state.batch_in_epoch))
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         epoch, step = trainer.state.epoch, trainer.state.global_step
-        due = self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
+        # a due step with no batch after it (an unsized loader that ended mid-group) is saved here
+        due = self._step_due or (self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0)
+        self._step_due = False
         value = logs.get(self.monitor) if self.save_best else None
-        improved = value is not None and is_improvement(float(value), self.best, self.mode)
-        if not (due or improved) or not self._can_save(trainer, epoch_loss=logs.get("loss")):
+        improved = float(value) if value is not None and is_improvement(float(value), self.best, self.mode) else None
+        if not (due or improved is not None) or not self._can_save(trainer, epoch_loss=logs.get("loss")):
             return
         periodic = self._periodic_name(epoch, step) if due else None
         # The trainer saves an epoch-end state as "epoch + 1 begins": mark it so.
-        self._write(trainer, [periodic] if periodic else [], improved=float(value) if improved else None,
+        self._write(trainer, [periodic] if periodic else [], improved=improved,
                     mark=(epoch + 1, step, 0))
 
     def on_fit_end(self, trainer: "Trainer") -> None:
@@ -200,7 +205,7 @@ class ModelCheckpoint(Callback):
                   f"{state.get('monitor')!r} ({state.get('mode')}) does not apply and best.ckpt starts over", file=sys.stderr)
         self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
         saved = state.get("saved")
-        self._saved = tuple(saved) if saved is not None else None  # type: ignore[assignment]
+        self._saved = tuple(saved) if saved is not None else None
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:

@@ -1,9 +1,9 @@
 """Run records: metrics.csv (one row per epoch), metrics.jsonl (plus step rows), TensorBoard.
 
 Every file is rebuilt from what the resumed run knows (`trainer.history`, `trainer.state`) when a
-fit starts, so a resumed run never has duplicated or stale rows. Whole-file rewrites go through
-a temporary file and `os.replace`: a crash leaves the old file or the new one, never half of one.
-They are not fsynced: the checkpoint is the durable record, and these files are rebuilt from it.
+fit starts, so a resumed run never has duplicated or stale rows. Whole-file rewrites are atomic
+(`util.atomic_write`): a crash leaves the old file or the new one, never half of one. They are not
+fsynced (`durable=False`): the checkpoint is the durable record, and these files are rebuilt from it.
 """
 from __future__ import annotations
 
@@ -17,23 +17,13 @@ from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import torch
 
+from ..util import atomic_write
 from .base import Callback
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
 PathLike = str | os.PathLike[str]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def run_file(trainer: "Trainer", path: Path | None, name: str, owner: str) -> Path:
@@ -55,7 +45,7 @@ class CSVLogger(Callback):
     epoch (it is small), so a resumed run has exactly one row per epoch and late columns are fine.
     """
 
-    order = 10
+    priority = 10
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None) -> None:
@@ -73,14 +63,13 @@ class CSVLogger(Callback):
         if self._file is None:
             raise ValueError("CSVLogger.on_fit_start was not called: add the logger to Trainer(callbacks=[...])")
         epochs = trainer.history.epochs
-        columns: dict[str, None] = {"epoch": None}
-        for row in epochs or [dict.fromkeys(trainer.log_names)]:
-            columns.update(dict.fromkeys(row))
+        names = [name for row in epochs for name in row] if epochs else trainer.log_names
+        columns = dict.fromkeys(["epoch", *names])  # in the order they first appear
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows({"epoch": e, **values} for e, values in enumerate(epochs))
-        atomic_write(self._file, text.getvalue().encode())
+        atomic_write(self._file, text.getvalue(), durable=False)
 
 
 def _json_value(value: Any) -> Any:
@@ -122,7 +111,7 @@ class JSONLLogger(Callback):
     A fit that does not resume starts the file afresh. Rows are appended line by line afterwards.
     """
 
-    order = 10
+    priority = 10
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None, log_every_n_steps: int | None = 50) -> None:
@@ -132,11 +121,13 @@ class JSONLLogger(Callback):
         self.path = Path(path) if path is not None else None
         self.log_every_n_steps = log_every_n_steps
         self._handle: TextIO | None = None
-        self._last_step = 0
-        if log_every_n_steps is not None:
-            # An instance attribute, not a class method: without step rows the logger has no
-            # per-batch hook at all, and the loop skips per-batch dispatch when nobody listens.
-            self.on_train_batch_end = self._log_step  # type: ignore[method-assign]
+        self._step_due = False  # the step just taken gets a row, with the loss of the batch that completed it
+        self._loss = torch.tensor(math.nan)  # the last batch's loss (a reference: read only for a row)
+
+    def listens(self, hook: str) -> bool:
+        if hook in ("on_optimizer_step", "on_train_batch_end"):  # without step rows: nothing per batch or step
+            return self.log_every_n_steps is not None
+        return super().listens(hook)
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         self._close()
@@ -146,19 +137,28 @@ class JSONLLogger(Callback):
         rows = [r for r in kept if r.get("type") == "step" and isinstance(r.get("global_step"), int) and r["global_step"] <= step]
         rows += [{"type": "epoch", "epoch": e, **logs} for e, logs in enumerate(trainer.history.epochs)]
         rows.sort(key=_row_position)
-        atomic_write(file, "".join(_dumps(r) for r in rows).encode())
+        atomic_write(file, "".join(_dumps(r) for r in rows), durable=False)
         self._handle = open(file, "a", encoding="utf-8", buffering=1)  # line-buffered: each row reaches the OS
-        self._last_step = step
+        self._step_due = False
 
-    def _log_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:
-        step = trainer.state.global_step
-        if step == self._last_step or step % self.log_every_n_steps:  # type: ignore[operator]
-            return  # under gradient accumulation several batches share one step
-        self._last_step = step
-        self._write({"type": "step", "epoch": trainer.state.epoch, "global_step": step, "loss": float(loss)})
+    def on_optimizer_step(self, trainer: "Trainer") -> None:
+        assert self.log_every_n_steps is not None  # listens() says so
+        self._step_due = trainer.state.global_step % self.log_every_n_steps == 0
+
+    def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        self._loss = loss
+        if self._step_due:
+            self._write_step(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if self._step_due:  # a step after the epoch's last batch (an unsized loader that ended mid-group)
+            self._write_step(trainer)
         self._write({"type": "epoch", "epoch": trainer.state.epoch, **logs})
+
+    def _write_step(self, trainer: "Trainer") -> None:
+        self._step_due = False
+        state = trainer.state
+        self._write({"type": "step", "epoch": state.epoch, "global_step": state.global_step, "loss": float(self._loss)})
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._close()
@@ -176,7 +176,7 @@ class JSONLLogger(Callback):
 
 def _row_position(row: dict[str, Any]) -> tuple[int, int, int]:
     """Step rows of an epoch, in step order, then that epoch's row."""
-    epoch = row.get("epoch") if isinstance(row.get("epoch"), int) else 0
+    epoch = row["epoch"] if isinstance(row.get("epoch"), int) else 0
     if row.get("type") == "step":
         return (epoch, 0, row["global_step"])
     return (epoch, 1, 0)
@@ -190,7 +190,7 @@ class TensorBoardLogger(Callback):
     A resumed run discards events from the resumed epoch on (`purge_step`), so curves do not fold.
     """
 
-    order = 10
+    priority = 10
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, log_dir: PathLike | None = None) -> None:

@@ -1,7 +1,7 @@
 """Learning-rate schedules: any torch scheduler, per epoch or per optimizer step, and ReduceLROnPlateau."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, TypeGuard, Union
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
@@ -19,7 +19,8 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Scheduler]
 
 class LRScheduler(Callback):
     """Drives a torch LR scheduler: `interval="epoch"` steps it after each epoch, `"step"` after each
-    optimizer step (not each batch: with gradient accumulation there are fewer steps than batches).
+    optimizer step (not each batch: with gradient accumulation there are fewer steps than batches),
+    in `on_optimizer_step`: an `on_train_batch_end` then sees the LR of the next step.
 
     `scheduler_or_factory` is a scheduler built on the trainer's optimizer, or a callable that
     builds one from the optimizer (called in `on_fit_start`), e.g. warm-up then cosine decay::
@@ -52,8 +53,7 @@ class LRScheduler(Callback):
         self.monitor = monitor
         self._requested_monitor = monitor
         self.scheduler: Scheduler | None = scheduler_or_factory if _is_scheduler(scheduler_or_factory) else None
-        self._seen_step = 0
-        self._step_lrs: list[float] | None = None
+        self._step_lrs: list[float] | None = None  # with several param groups: the LRs of the epoch's last step
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self._requested_monitor is not None:
@@ -70,32 +70,28 @@ class LRScheduler(Callback):
             )
         if isinstance(self.scheduler, TorchReduceLROnPlateau) and self.monitor is None:
             raise ValueError("torch's ReduceLROnPlateau steps with a metric: pass LRScheduler(..., monitor='val_loss')")
-        self._seen_step, self._step_lrs = trainer.state.global_step, None
+        self._step_lrs = None
 
-    def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
-        if self.interval == "step" and trainer.state.global_step != self._seen_step:
-            self._step(trainer)
+    def listens(self, hook: str) -> bool:
+        return self.interval == "step" if hook == "on_optimizer_step" else super().listens(hook)
+
+    def on_optimizer_step(self, trainer: "Trainer") -> None:
+        if len(trainer.optimizer.param_groups) > 1:
+            self._step_lrs = group_lrs(trainer.optimizer)  # the LRs this optimizer step used
+        assert self.scheduler is not None
+        self.scheduler.step()
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if self.interval == "step":
-            if trainer.state.global_step != self._seen_step:  # a step the batch hook did not see
-                self._step(trainer)
             _log_group_lrs(logs, self._step_lrs or group_lrs(trainer.optimizer))
             self._step_lrs = None
             return
         _log_group_lrs(logs, group_lrs(trainer.optimizer))
         assert self.scheduler is not None
         if self.monitor is not None:
-            self.scheduler.step(_monitored(logs, self.monitor, "LRScheduler"))
+            self.scheduler.step(_monitored(logs, self.monitor, "LRScheduler"))  # type: ignore[arg-type]
         else:
-            self.scheduler.step()  # type: ignore[call-arg]
-
-    def _step(self, trainer: "Trainer") -> None:
-        self._seen_step = trainer.state.global_step
-        if len(trainer.optimizer.param_groups) > 1:
-            self._step_lrs = group_lrs(trainer.optimizer)  # the LRs this optimizer step used
-        assert self.scheduler is not None
-        self.scheduler.step()  # type: ignore[call-arg]
+            self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
@@ -116,7 +112,7 @@ class ReduceLROnPlateau(Callback):
     """
 
     def __init__(self, monitor: str = VAL_LOSS, factor: float = 0.1, patience: int = 10, mode: str = "auto",
-                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float | Sequence[float] = 0.0) -> None:
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float | list[float] | tuple[float, ...] = 0.0) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):
@@ -175,7 +171,7 @@ def _monitored(logs: dict[str, float], monitor: str, owner: str) -> float:
     return float(logs[monitor])
 
 
-def _is_scheduler(obj: Any) -> bool:
+def _is_scheduler(obj: Any) -> TypeGuard[Scheduler]:
     return isinstance(obj, (TorchLRScheduler, TorchReduceLROnPlateau))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,7 +24,7 @@ class TerminateOnNaN(Callback):
     this batch completed, if any) say where it happened; they are None until then.
     """
 
-    order = -10  # before loggers and checkpoints, so that they already see the stop in the same batch
+    priority = -10  # before loggers and checkpoints, so that they already see the stop in the same batch
 
     def __init__(self) -> None:
         self.stopped_epoch: int | None = None

@@ -5,7 +5,6 @@ object-oriented API is used (`Figure` with the Agg canvas), so no pyplot state a
 """
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -13,8 +12,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..util import atomic_write
 from .base import Callback
-from .logging import atomic_write, run_file
+from .logging import run_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -128,34 +128,12 @@ def _label(name: str, title: str) -> str:
 
 def plot_history(history_epochs: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Draws the curves of `history_epochs` (`trainer.history.epochs`, or rows from
-    `read_metrics_csv`) into a PNG at `path`, written atomically. Returns the path."""
+    `util.read_metrics_csv`) into a PNG at `path`, written atomically. Returns the path."""
     path = Path(path)
     buffer = io.BytesIO()
     curves_figure(history_epochs).savefig(buffer, format="png")
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), durable=False)
     return path
-
-
-def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a metrics.csv as dicts of numbers: `epoch` an int, values floats; empty cells left out."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        try:
-            records = list(csv.DictReader(handle))
-        except csv.Error as err:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable CSV file: {err}") from None
-        for record in records:
-            row: dict[str, Any] = {}
-            for name, cell in record.items():
-                if name is None or cell is None or cell == "":
-                    continue
-                value = _number(cell)
-                if value is None:
-                    row[name] = cell
-                else:
-                    row[name] = int(value) if name == "epoch" else value
-            rows.append(row)
-    return rows
 
 
 class PlotCurves(Callback):
@@ -167,7 +145,7 @@ class PlotCurves(Callback):
     metrics.csv at any time.
     """
 
-    order = 10
+    priority = 10
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: str | os.PathLike[str] | None = None, every_n_seconds: float = 30.0) -> None:

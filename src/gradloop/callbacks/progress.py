@@ -48,7 +48,7 @@ class ProgressBar(Callback):
     losses over the epoch so far; the epoch line printed at the end has the exact values.
     """
 
-    order = 10
+    priority = 10
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, stream: TextIO | None = None, live: bool | None = None, refresh_per_second: float = 10.0) -> None:
@@ -58,10 +58,9 @@ class ProgressBar(Callback):
         self.live = _is_terminal(stream or sys.stdout) if live is None else bool(live)
         self.refresh_interval = 1.0 / refresh_per_second
         self._progress: Any = None
-        if self.live:
-            # An instance attribute, not a class method: the trainer calls per-batch hooks only on
-            # callbacks that override them, so a plain-lines ProgressBar costs nothing per batch.
-            self.on_train_batch_end = self._advance  # type: ignore[method-assign]
+
+    def listens(self, hook: str) -> bool:  # plain lines cost nothing per batch: the loop skips the call
+        return self.live if hook == "on_train_batch_end" else super().listens(hook)
 
     # ------------------------------------------------------------------ the epoch line (always)
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
@@ -90,7 +89,7 @@ class ProgressBar(Callback):
         self._progress.start()
         atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
 
-    def _advance(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         self._batches += 1
         now = time.perf_counter()
         if now < self._next_refresh or self._progress is None:
