@@ -198,7 +198,7 @@ def _gradloop(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, *, load
     import gradloop as gl
 
     class EpochClock(gl.Callback):
-        order = 10**9  # runs after every other callback, so their epoch-end work is timed too
+        priority = 10**9  # runs after every other callback, so their epoch-end work is timed too
 
         def on_fit_start(self, trainer: gl.Trainer) -> None:
             clock.start()

@@ -20,11 +20,9 @@ import gradloop as gl
 from gradloop.persistence import runlock
 from gradloop.persistence.runlock import Owner, RunDirLocked, RunLock
 
-HOLDER = f"""
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("runlock", {runlock.__file__!r})
-runlock = sys.modules["runlock"] = importlib.util.module_from_spec(spec)  # without importing torch: fast
-spec.loader.exec_module(runlock)
+HOLDER = """
+import sys, time
+from gradloop.persistence import runlock
 with runlock.RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
