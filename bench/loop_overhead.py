@@ -113,7 +113,7 @@ def tutorial(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock) -> float
     loss_fn = nn.CrossEntropyLoss()
     train_loader = DataLoader(TensorDataset(X, y), batch_size=BATCH_SIZE, shuffle=True)
     val_loader = DataLoader(TensorDataset(X_val, y_val), batch_size=BATCH_SIZE)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         running_loss, correct = 0.0, 0
         for xb, yb in train_loader:
@@ -124,7 +124,7 @@ def tutorial(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock) -> float
             optimizer.step()
             running_loss += loss.item() * xb.size(0)
             correct += (out.argmax(1) == yb).sum().item()
-        epoch_loss, epoch_accuracy = running_loss / len(X), correct / len(X)
+        epoch_loss, epoch_accuracy = running_loss / len(X), correct / len(X)  # noqa: F841  # what the tutorial prints
         model.eval()
         val_loss, val_correct = 0.0, 0
         with torch.no_grad():
@@ -145,7 +145,7 @@ def floor(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, index_selec
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, **optimizer_options)
     loss_fn = nn.CrossEntropyLoss()
     n, n_val = len(X), len(X_val)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
         order = torch.randperm(n)
@@ -386,7 +386,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs per process, after one warm-up epoch (default 3)")
     parser.add_argument("--samples", type=int, default=60_000, help="training samples (default 60000; fewer for a quick run)")
-    parser.add_argument("--val-samples", type=int, default=None, help=f"validation samples (default {VAL_SAMPLES}, scaled down with --samples)")
+    parser.add_argument("--val-samples", type=int, default=None,
+                        help=f"validation samples (default {VAL_SAMPLES}, scaled down with --samples)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--runs", type=int, default=1, help="processes per variant, interleaved; the median is over all their epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")

@@ -4,7 +4,6 @@ was computed and the optimizer has taken no step."""
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
 import numpy as np
 import pytest

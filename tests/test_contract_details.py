@@ -48,7 +48,7 @@ def test_a_random_augmenting_dataset_gives_the_numbers_of_its_hand_written_twin(
             optimizer.step()
         theirs.eval()
         with torch.no_grad():
-            for xb, yb in DataLoader(Augmenting(), batch_size=16):
+            for xb, _ in DataLoader(Augmenting(), batch_size=16):
                 theirs(xb)
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
     assert torch.equal(after_ours, torch.rand(1))

@@ -8,6 +8,7 @@ With seed=None gradloop's in-memory batcher draws from the global torch RNG exac
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import numpy as np
@@ -46,7 +47,7 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 def assert_close_weights(a: nn.Module, b: nn.Module, **tol) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     for name in sa:
-        torch.testing.assert_close(sa[name], sb[name], **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(sa[name], sb[name], **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def assert_weights_differ(a: nn.Module, b: nn.Module) -> None:
@@ -250,7 +251,7 @@ def test_accumulation_equals_hand_written_accumulation(opt_key, n):
     trainer, _ = gl_fit(ours, spec(ours), (X, y), epochs=2, batch_size=4, shuffle=True, lr=lr, accumulate_grad_batches=3)
     torch.manual_seed(9)
     hand_loop(theirs, twin_opt(theirs, trainer.optimizer), (X, y), epochs=2, batch_size=4, shuffle=True, accumulate=3)
-    assert trainer.state.global_step == 2 * -(-(-(-n // 4)) // 3)
+    assert trainer.state.global_step == 2 * math.ceil(math.ceil(n / 4) / 3)
     assert_same_weights(ours, theirs)
 
 
@@ -307,7 +308,8 @@ def test_seed_n_equals_the_hand_written_loop_after_manual_seed_n():
     torch.manual_seed(999)  # overridden by seed=3 at the start of fit
     trainer, _ = gl_fit(ours, "adam", (X, y), epochs=2, batch_size=BATCH, shuffle=True, lr=0.01, seed=3)
     torch.manual_seed(3)
-    hand_loop(theirs, torch.optim.Adam(theirs.parameters(), lr=0.01, **same_impl(trainer.optimizer)), (X, y), epochs=2, batch_size=BATCH, shuffle=True)
+    hand_loop(theirs, torch.optim.Adam(theirs.parameters(), lr=0.01, **same_impl(trainer.optimizer)), (X, y), epochs=2,
+              batch_size=BATCH, shuffle=True)
     assert_same_weights(ours, theirs)
 
 

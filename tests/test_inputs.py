@@ -153,7 +153,8 @@ def test_last_partial_batch_is_kept(shuffle):
     # every sample seen exactly once per epoch
     seen = torch.cat(seen_rows)
     assert seen.shape == X.shape
-    key = lambda t: sorted(map(tuple, t.tolist()))
+    def key(t):
+        return sorted(map(tuple, t.tolist()))
     assert key(seen) == key(X)
     if not shuffle:
         assert torch.equal(seen, X)

@@ -149,7 +149,7 @@ def test_train_loss_is_the_mean_over_the_epoch_of_losses_seen_while_training():
         (X, y), batch_size=BATCH, shuffle=False)
     sizes = [16, 16, 16, 2]
     assert len(seen) == 4
-    assert history["loss"][0] == pytest.approx(sum(s * l for s, l in zip(sizes, seen)) / N, rel=1e-6)
+    assert history["loss"][0] == pytest.approx(sum(size * loss for size, loss in zip(sizes, seen)) / N, rel=1e-6)
 
 
 def test_validate_and_test_return_floats_matching_reference():

@@ -51,7 +51,7 @@ def test_held_while_in_use_and_removed_after(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / ".lock").exists() and not lock.held
     with pytest.raises(ZeroDivisionError):
         with RunLock(tmp_path / "run"):
-            1 / 0
+            raise ZeroDivisionError
     assert not (tmp_path / "run" / ".lock").exists()  # released on the way out of an exception too
 
 

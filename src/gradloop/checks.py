@@ -5,7 +5,6 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-
 from torch.utils.data import TensorDataset
 
 from .data.batches import Batches, LoaderBatches, TensorBatches

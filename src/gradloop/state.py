@@ -7,7 +7,6 @@ from typing import Any
 from .names.metrics import MetricSet
 
 
-
 @dataclass
 class TrainState:
     """Where training is. Epochs count from 0; `global_step` counts optimizer steps.

@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from .data import distributed
-from .persistence import checkpoint, finding, weights
-from .persistence import layout
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
+from .data import distributed
 from .data.batches import Batches, LoaderBatches, make_batches
 from .data.devices import Precision, resolve_device, resolve_precision
 from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .names.optim import OptimizerSpec, build_optimizer
+from .persistence import checkpoint, finding, layout, weights
 from .persistence.runlock import RunLock
 from .persistence.signals import GracefulStop
 from .state import ResumePoint, TrainState
@@ -61,7 +60,8 @@ class Trainer:
         if max_steps is not None:
             _check_positive_int("max_steps", max_steps)
         _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
-        if grad_clip_norm is not None and (isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not grad_clip_norm > 0):
+        if grad_clip_norm is not None and (isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float))
+                                           or not grad_clip_norm > 0):
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")

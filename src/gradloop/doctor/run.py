@@ -18,8 +18,8 @@ from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
 from .context import Context, Settings
 from .inputs import DataError, read
-from .range_test import check_lr
 from .preserve import ModelSnapshot
+from .range_test import check_lr
 from .report import Check, Skip
 
 CheckFn = Callable[[Context], Check]

@@ -160,7 +160,7 @@ def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name
     if metrics is None:
         return []
     if isinstance(metrics, (str, Metric)) or callable(metrics):
-        metrics = [metrics]  # type: ignore[list-item]
+        metrics = [metrics]
     resolved = [resolve_metric(m, loss_name) for m in metrics]
     names = [m.name for m in resolved]
     for name in names:
@@ -197,7 +197,7 @@ class MetricSet:
         return {"loss_sum": self.loss_sum, "sums": list(self.sums), "count": self.count,
                 "grad_norm_sum": self.grad_norm_sum, "grad_norm_steps": self.grad_norm_steps}
 
-    def load_state_dict(self, state: dict) -> None:  # type: ignore[type-arg]
+    def load_state_dict(self, state: dict) -> None:
         self.loss_sum = state["loss_sum"].to(self.device, self.dtype)
         self.sums = [s.to(self.device, self.dtype) for s in state["sums"]]
         self.count = int(state["count"])

@@ -72,7 +72,7 @@ class CheckpointWriteError(CheckpointError, OSError):
 
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
-        self.errno = errno  # type: ignore[misc]
+        self.errno = errno
 
 
 # --------------------------------------------------------------------------------- names

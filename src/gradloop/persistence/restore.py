@@ -37,7 +37,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
         optimizer.load_state_dict(dict(state))
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"{str(source)!r} holds optimizer state that does not fit this optimizer ({type(optimizer).__name__}): {type(err).__name__}: {first_line(err)}"
+            f"{str(source)!r} holds optimizer state that does not fit this optimizer ({type(optimizer).__name__}): "
+            f"{type(err).__name__}: {first_line(err)}"
         ) from None
 
 

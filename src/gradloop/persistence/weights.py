@@ -32,7 +32,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as err:
-        raise CheckpointError(f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}") from None
+        raise CheckpointError(
+            f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}") from None
     if strict:
         load_model_state(model, tensors, path)
         return model
