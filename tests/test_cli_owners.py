@@ -1,13 +1,16 @@
 """One owner per concept: the command line asks the core (the Trainer, the monitor, the name
 registries, util) instead of keeping its own copy, so it accepts and rejects what the library does."""
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from gradloop.cli import rundir, summary
 from gradloop.cli.config import validate
 from gradloop.cli.errors import UsageError
 from gradloop.cli.main import main
+from gradloop.cli.session import build
 from gradloop.data import devices
 from gradloop.names.optim import check_optimizer_args
 from gradloop.util import first_line
@@ -117,3 +120,43 @@ def test_predicted_probabilities_sum_to_one_whatever_the_loss(blobs, capsys):
     assert rows[0] == ["prediction", "prob_cat", "prob_dog", "prob_eel"]
     for row in rows[1:]:
         assert sum(map(float, row[1:])) == pytest.approx(1, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------ util's helpers
+def test_run_json_is_written_by_util_atomic_write(tmp_path):
+    """A fixed temp name followed a link planted under it; util.atomic_write never follows one."""
+    (tmp_path / "victim.txt").write_text("keep me")
+    (tmp_path / ".run.json.tmp").symlink_to(tmp_path / "victim.txt")
+    rundir.write_run(tmp_path, status="running")
+    rundir.write_run(tmp_path, pid=7)
+    assert (tmp_path / "victim.txt").read_text() == "keep me"
+    assert not (tmp_path / "run.json").is_symlink()
+    assert json.loads((tmp_path / "run.json").read_text()) == {"status": "running", "pid": 7}
+
+
+@pytest.mark.parametrize("pid", [0, -1, True, "123", None])
+def test_a_running_record_without_a_live_pid_is_interrupted(pid):
+    """util.pid_alive: os.kill(0 or -n, 0) asks about process groups, not the run's process."""
+    record = {"status": "running", "host": rundir._host(), "pid": pid}
+    assert rundir.effective_status(record) == "interrupted"
+    assert rundir.effective_status({**record, "pid": os.getpid()}) == "running"
+
+
+def test_the_run_recorder_runs_after_every_other_callback(blobs, capsys):
+    """Callback.priority orders hooks: "running" is recorded once every start-up check has passed."""
+    recorder = rundir.RunRecorder(blobs / "runs/r", "gradloop fit")
+    raw = {"data": {"path": str(blobs / "blobs.csv"), "target": "animal"},
+           "callbacks": {"early_stopping": {}, "model_checkpoint": {}}}
+    trainer = build(validate(raw, "x"), run_dir=blobs / "runs/r", extra_callbacks=[recorder]).trainer
+    assert trainer.callbacks.callbacks[-1] is recorder
+    assert all(c.priority < recorder.priority for c in trainer.callbacks.callbacks[:-1])
+
+
+def test_runs_lists_a_run_whose_metrics_csv_is_unreadable(tmp_path, capsys):
+    """util.read_metrics_csv raises ValueError for a file that is not text: the table shows '-'."""
+    (tmp_path / "runs/broken").mkdir(parents=True)
+    (tmp_path / "runs/broken/metrics.csv").write_bytes(b"epoch,loss\n\xff\xfe\x00\x81\n")
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:2] == ["broken", "-"]
+    assert summary.read_metrics(tmp_path / "none.csv") == []

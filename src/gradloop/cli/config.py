@@ -15,7 +15,8 @@ from ..data.devices import resolve_precision
 from ..names.losses import resolve_loss
 from ..names.metrics import resolve_metric
 from ..names.optim import check_optimizer_args
-from .errors import UsageError, did_you_mean
+from ..util import did_you_mean
+from .errors import UsageError
 from .tomlfile import apply_overrides, dumps_toml, read_toml
 
 BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -50,7 +51,7 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if (self.name is None) == (self.path is None):
-            raise ValueError("give exactly one of data.name (a bundled dataset: " + ", ".join(BUNDLED) + ") or data.path (a CSV, NPZ or IDX folder)")
+            raise ValueError(f"give exactly one of data.name (bundled: {', '.join(BUNDLED)}) or data.path (a CSV, NPZ or IDX folder)")
         if self.val_path is not None and "val_split" in self.model_fields_set and self.val_split > 0:
             raise ValueError("data.val_path and data.val_split are both given: keep one of them")
         return self

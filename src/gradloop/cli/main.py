@@ -12,7 +12,8 @@ import traceback
 from typing import Sequence
 
 from ..persistence.runlock import RunDirLocked
-from .errors import UsageError, one_line
+from ..util import first_line
+from .errors import UsageError
 
 EXAMPLES = {
     "demo": """examples:
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gradloop: error: {err}", file=sys.stderr)
         return 2
     except RunDirLocked as err:  # another process trains in this run directory
-        print(f"gradloop: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"gradloop: error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngradloop: interrupted", file=sys.stderr)
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("GRADLOOP_DEBUG"):
             traceback.print_exc()
         else:
-            print(f"gradloop: error: {type(err).__name__}: {one_line(str(err))} (set GRADLOOP_DEBUG=1 for the traceback)",
+            print(f"gradloop: error: {type(err).__name__}: {first_line(err)} (set GRADLOOP_DEBUG=1 for the traceback)",
                   file=sys.stderr)
         return 1
 

@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..util import first_line
 from .config import ModelConfig
-from .errors import UsageError, one_line
+from .errors import UsageError
 from .prepare import DataSpec
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -105,7 +106,7 @@ def cnn(cfg: ModelConfig, input_shape: Sequence[int], num_outputs: int) -> nn.Se
     channels, height, width = image_shape(input_shape)
     kernels = cfg.kernel_size
     if len(kernels) not in (1, len(cfg.channels)):
-        raise UsageError(f"model.kernel_size has {len(kernels)} entries for {len(cfg.channels)} model.channels: give one size or one per block")
+        raise UsageError(f"model.kernel_size has {len(kernels)} entries for {len(cfg.channels)} model.channels: give one or one per block")
     layers: list[nn.Module] = []
     if tuple(input_shape) != (channels, height, width):
         layers.append(Reshape((channels, height, width)))
@@ -138,7 +139,7 @@ def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, option
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or the user's module failing on import
-        raise UsageError(f"model.name {spec!r}: cannot import {module_name!r}: {type(err).__name__}: {one_line(str(err))}") from None
+        raise UsageError(f"model.name {spec!r}: cannot import {module_name!r}: {type(err).__name__}: {first_line(err)}") from None
     factory = module
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -146,13 +147,11 @@ def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, option
         factory = getattr(factory, part)
     if not callable(factory):
         raise UsageError(f"model.name {spec!r}: {attr!r} is not callable")
+    call = ", ".join([f"input_shape={tuple(input_shape)}", f"num_outputs={num_outputs}", *(f"{k}={v!r}" for k, v in options.items())])
     try:
         model = factory(tuple(input_shape), num_outputs, **options)
     except Exception as err:
-        raise UsageError(
-            f"model.name {spec!r}: calling {attr}(input_shape={tuple(input_shape)}, num_outputs={num_outputs}"
-            f"{''.join(f', {k}={v!r}' for k, v in options.items())}) failed: {type(err).__name__}: {one_line(str(err))}"
-        ) from None
+        raise UsageError(f"model.name {spec!r}: calling {attr}({call}) failed: {type(err).__name__}: {first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"model.name {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -92,7 +92,8 @@ class DataSpec:
                 raise UsageError(f"{where}: regression targets must be numbers; found labels like {first_value(y)!r}")
             values = values.reshape(len(values), -1)
             if not np.isfinite(values).all():
-                raise UsageError(f"{where}: targets contain NaN or Inf (first at row {int(np.argwhere(~np.isfinite(values))[0, 0])}): remove those samples")
+                row = int(np.argwhere(~np.isfinite(values))[0, 0])
+                raise UsageError(f"{where}: targets contain NaN or Inf (first at row {row}): remove those samples")
             return values.astype(np.float32)
         assert self.classes is not None
         text = label_text(y, where)

@@ -14,7 +14,8 @@ from typing import IO
 
 import numpy as np
 
-from .errors import UsageError, one_line
+from ..util import first_line
+from .errors import UsageError
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -79,7 +80,7 @@ def _csv_header(path: Path) -> list[str]:
         with _open_text(path) as handle:
             header = next(csv.reader(handle), None)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UsageError(f"{path}: cannot be read as CSV: {one_line(str(err))}") from None
+        raise UsageError(f"{path}: cannot be read as CSV: {first_line(err)}") from None
     if not header:
         raise UsageError(f"{path}: the file is empty: it needs a header row and at least one sample")
     return [name.strip() for name in header]
@@ -92,7 +93,7 @@ def _csv_rows(path: Path, header: list[str]) -> np.ndarray:
             next(reader, None)
             rows = [row for row in reader if row]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UsageError(f"{path}: cannot be read as CSV: {one_line(str(err))}") from None
+        raise UsageError(f"{path}: cannot be read as CSV: {first_line(err)}") from None
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise UsageError(f"{path}: line {number} has {len(row)} fields but the header has {len(header)}")
@@ -134,7 +135,7 @@ def read_npz(path: Path, target_required: bool = True) -> Table:
     except UsageError:
         raise
     except (OSError, ValueError, EOFError) as err:
-        raise UsageError(f"{path}: cannot be read as .npz: {one_line(str(err))}") from None
+        raise UsageError(f"{path}: cannot be read as .npz: {first_line(err)}") from None
     return Table(X, y, None, str(path))
 
 
@@ -143,7 +144,7 @@ def read_npy(path: Path) -> Table:
     try:
         X = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise UsageError(f"{path}: cannot be read as .npy: {one_line(str(err))}") from None
+        raise UsageError(f"{path}: cannot be read as .npy: {first_line(err)}") from None
     return Table(X, None, None, str(path))
 
 
@@ -178,7 +179,7 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             data = handle.read()
     except (OSError, EOFError) as err:
-        raise UsageError(f"{path}: cannot be read: {one_line(str(err))}") from None
+        raise UsageError(f"{path}: cannot be read: {first_line(err)}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise UsageError(f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]

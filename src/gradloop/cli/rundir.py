@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..callbacks.base import Callback
+from ..util import atomic_write, pid_alive
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -90,9 +91,7 @@ def write_run(run_dir: Path, **fields: Any) -> None:
     """Updates run.json (atomically: a reader never sees half a file)."""
     record = read_run(run_dir)
     record.update(fields)
-    tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, run_dir / RUN_FILE)
+    atomic_write(run_dir / RUN_FILE, json.dumps(record, indent=1) + "\n", durable=False)
 
 
 def status_for(stop_reason: str | None) -> str:
@@ -106,7 +105,7 @@ def status_for(stop_reason: str | None) -> str:
 def effective_status(record: dict[str, Any]) -> str:
     """The recorded status; a "running" run whose process is gone on this machine was interrupted."""
     status = record.get("status", "unknown")
-    if status == "running" and record.get("host") == _host() and not _alive(record.get("pid")):
+    if status == "running" and record.get("host") == _host() and not pid_alive(record.get("pid")):
         return "interrupted"
     return status
 
@@ -115,22 +114,10 @@ def _host() -> str:
     return os.uname().nodename if hasattr(os, "uname") else ""
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunRecorder(Callback):
     """Writes run.json: "running" when training starts (after every check), the outcome at the end."""
 
-    order = 100  # after every other callback, so that their start-up checks have passed
+    priority = 100  # after every other callback, so that their start-up checks have passed
 
     def __init__(self, run_dir: Path, command: str, config_dir: str | None = None) -> None:
         self.run_dir = run_dir

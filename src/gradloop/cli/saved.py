@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..util import first_line
 from .config import Config, load_config
-from .errors import UsageError, one_line
+from .errors import UsageError
 from .prepare import DataSpec
 from .rundir import CONFIG_FILE, DATA_FILE, read_run
 from .session import resolve_defaults
@@ -68,11 +69,11 @@ def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
         else:
             model.load_state_dict(load(source)["model"])
     except (CheckpointError, RuntimeError) as err:
-        raise UsageError(f"{source}: weights do not load into the run's model: {one_line(str(err))}") from None
+        raise UsageError(f"{source}: weights do not load into the run's model: {first_line(err)}") from None
     train = run.config.train
     try:
         trainer = Trainer(model, optimizer=train.optimizer, lr=train.lr, loss=train.loss, metrics=train.metrics,
                           device=train.device, precision=train.precision, default_callbacks=False)
     except (ValueError, TypeError) as err:
-        raise UsageError(one_line(str(err))) from None
+        raise UsageError(first_line(err)) from None
     return trainer, source

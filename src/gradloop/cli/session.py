@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..util import did_you_mean, first_line
 from .config import Config
 from .datasets import load_raw
-from .errors import UsageError, one_line
+from .errors import UsageError
 from .prepare import DataSpec, Prepared, prepare
 
 # config table -> (module under gradloop.callbacks, class name)
@@ -107,7 +107,7 @@ def build_callbacks(config: Config) -> list[Any]:
             unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
             callbacks.append(cls(**section.model_dump(exclude=unset)))
         except (TypeError, ValueError) as err:
-            raise UsageError(f"[callbacks.{key}]: {one_line(str(err))}") from None
+            raise UsageError(f"[callbacks.{key}]: {first_line(err)}") from None
     return callbacks
 
 
@@ -154,7 +154,7 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
             seed=train.seed, run_dir=run_dir, optimizer_options=train.optimizer_options() or None, default_callbacks=default_callbacks,
         )
     except (ValueError, TypeError) as err:
-        raise UsageError(f"[train]: {one_line(str(err))}") from None
+        raise UsageError(f"[train]: {first_line(err)}") from None
     check_monitors(config, trainer, data.val is not None)
     for role, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
         if pair is None or not strict:
@@ -163,7 +163,7 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
             batches = make_batches(pair, config.data.batch_size, False, trainer.device, role)
             check_model_fits_data(trainer.model, batches, trainer.loss_fn, trainer.loss_name, trainer.metrics, role)
         except (ValueError, TypeError) as err:
-            raise UsageError(f"model {config.model.name!r} does not fit the data ({data.spec.dataset}): {one_line(str(err))}") from None
+            raise UsageError(f"model {config.model.name!r} does not fit the data ({data.spec.dataset}): {first_line(err)}") from None
     return Session(config, data, model, trainer)
 
 

@@ -1,12 +1,13 @@
 """Text for people: the resolved settings, best epochs, final metrics, a run's metrics.csv."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-NOT_METRICS = ("epoch", "lr", "time", "grad_norm")
+from ..util import read_metrics_csv
+
+NOT_METRICS = ("epoch", "lr", "time", "grad_norm")  # logged beside the metrics, not compared
 
 
 def settings_lines(config: dict[str, Any]) -> list[str]:
@@ -64,25 +65,20 @@ def fmt(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
 
 
-def metrics_text(row: dict[str, float], names: Sequence[str] | None = None) -> str:
+def metrics_text(row: dict[str, Any], names: Sequence[str] | None = None) -> str:
+    """`name value` pairs of the numbers in `row`: `names`, else every metric."""
     names = names or [k for k in row if k not in NOT_METRICS]
-    return "  ".join(f"{k} {fmt(row[k])}" for k in names if k in row)
+    return "  ".join(f"{k} {fmt(row[k])}" for k in names if isinstance(row.get(k), float))
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """metrics.csv rows as dicts of floats (empty cells left out); [] when there is no file."""
+def headline(row: dict[str, Any]) -> str:
+    """An epoch's validation values (its metrics when there is no validation)."""
+    return metrics_text(row, [k for k in row if k.startswith("val_")])
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv rows (util.read_metrics_csv); [] when there is none or it cannot be read."""
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
+        return read_metrics_csv(path)
+    except (OSError, ValueError):
         return []
-    out = []
-    for row in rows:
-        parsed = {}
-        for key, value in row.items():
-            try:
-                parsed[key] = float(value)
-            except (TypeError, ValueError):
-                continue
-        out.append(parsed)
-    return out

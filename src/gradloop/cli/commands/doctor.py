@@ -9,8 +9,9 @@ import inspect
 from pathlib import Path
 from typing import Sequence
 
+from ...util import first_line
 from ..config import validate
-from ..errors import UsageError, one_line
+from ..errors import UsageError
 from ..session import build, resolve_paths
 from ..tomlfile import apply_overrides, read_toml
 
@@ -40,6 +41,6 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
     try:
         report = doctor_module.doctor(session.model, data.train, **{k: v for k, v in options.items() if k in accepted})
     except (ValueError, TypeError) as err:
-        raise UsageError(one_line(str(err))) from None
+        raise UsageError(first_line(err)) from None
     print(report)
     return 0 if report.ok else 1

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ...util import first_line
 from ..config import load_config
 from ..datasets import load_raw, read_table
-from ..errors import UsageError, one_line
+from ..errors import UsageError
 from ..prepare import Pair, prepare
 from ..saved import inference_trainer, open_run
 from ..session import resolve_paths
@@ -29,7 +30,7 @@ def evaluate(run_dir: str, data: str | None = None) -> int:
         try:
             logs = trainer.test((X, y), batch_size) if role == "test" else trainer.validate((X, y), batch_size)
         except (ValueError, TypeError) as err:
-            raise UsageError(one_line(str(err))) from None
+            raise UsageError(first_line(err)) from None
         values = "  ".join(f"{k} {fmt(v)}" for k, v in logs.items())
         print(f"{role:<5} {len(y):>6} samples  {values}")
     return 0
@@ -64,7 +65,7 @@ def predict(run_dir: str, input_path: str, out: str | None = None) -> int:
     try:
         outputs = trainer.predict(X, run.config.data.batch_size).float()
     except (ValueError, TypeError) as err:
-        raise UsageError(one_line(str(err))) from None
+        raise UsageError(first_line(err)) from None
     if spec.task == "classification":
         assert spec.classes is not None
         probs = torch.softmax(outputs, dim=1)  # of logits, or of log-probabilities (nll): softmax(log p) = p

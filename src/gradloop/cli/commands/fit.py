@@ -12,14 +12,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ...util import first_line
 from ..config import Config, validate
 from ..demo import demo_config
-from ..errors import UsageError, one_line
+from ..errors import UsageError
 from ..models import count_parameters
 from ..rundir import CONFIG_FILE, DATA_FILE, RunDir, RunRecorder, check_new_run_dir, default_run_dir, status_for
 from ..saved import open_run
 from ..session import Session, build, describe_device, resolve_paths
-from ..summary import best_epoch, default_monitor, fmt, metrics_text, read_metrics, settings_lines
+from ..summary import best_epoch, default_monitor, fmt, headline, metrics_text, read_metrics, settings_lines
 from ..tomlfile import apply_overrides, read_toml
 
 
@@ -87,7 +88,7 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
         print(f"\ngradloop: interrupted; continue with: gradloop resume {run.path}", file=sys.stderr)
         return 130
     except Exception as err:
-        message = one_line(str(err)) or type(err).__name__
+        message = first_line(err)
         if not recorder.started:  # rejected before the first step: bad input, nothing to keep
             if fresh:
                 run.discard()
@@ -129,7 +130,7 @@ def _print_summary(session: Session, rows: list[dict[str, Any]], run_dir: Path, 
         best = best_epoch(rows, monitor)
         if best is not None:
             epoch, value = best
-            print(f"best epoch: {epoch + 1}/{total}  {monitor} {fmt(value)}  ({metrics_text(rows[epoch], _val_names(rows[epoch]))})")
+            print(f"best epoch: {epoch + 1}/{total}  {monitor} {fmt(value)}  ({headline(rows[epoch])})")
             if es is not None and es.restore_best_weights:
                 print(f"weights: those of epoch {epoch + 1} (restore_best_weights), in {run_dir / 'model.safetensors'}")
         if "val_accuracy" in rows[-1]:
@@ -141,11 +142,6 @@ def _print_summary(session: Session, rows: list[dict[str, Any]], run_dir: Path, 
     print(f"  resume:  gradloop resume {run_dir}")
     print(f"  eval:    gradloop eval {run_dir}")
     print(f"  predict: gradloop predict {run_dir} INPUT.csv --out predictions.csv")
-
-
-def _val_names(row: dict[str, Any]) -> list[str]:
-    names = [k for k in row if k.startswith("val_")]
-    return names or [k for k in row if k not in ("lr", "time", "grad_norm")]
 
 
 def _command_line() -> str:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError, one_line
+from ...util import first_line, read_metrics_csv
+from ..errors import UsageError
 
 
 def plot(run_dir: str) -> int:
-    from ...callbacks.plots import plot_history, read_metrics_csv
+    from ...callbacks.plots import plot_history
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -19,6 +20,6 @@ def plot(run_dir: str) -> int:
         rows = read_metrics_csv(metrics)
         out = plot_history(rows, path / "curves.png")
     except (ValueError, OSError) as err:
-        raise UsageError(f"{metrics}: {one_line(str(err))}") from None
+        raise UsageError(f"{metrics}: {first_line(err)}") from None
     print(f"wrote {out} ({len(rows)} epoch{'s' if len(rows) != 1 else ''})")
     return 0

@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..tomlfile import read_toml
 from ..errors import UsageError
 from ..rundir import CONFIG_FILE, effective_status, read_run
-from ..summary import best_epoch, default_monitor, fmt, metrics_text, read_metrics
+from ..summary import best_epoch, default_monitor, fmt, headline, read_metrics
+from ..tomlfile import read_toml
 
 COLUMNS = ("run", "dataset", "model", "epochs", "best", "final", "status")
 
@@ -48,13 +48,12 @@ def row(run_dir: Path) -> tuple[str, ...]:
     best = best_epoch(rows, monitor)
     best_text = f"{monitor} {fmt(best[1])} @{best[0] + 1}" if best else "-"
     final = rows[-1] if rows else {}
-    names = [k for k in final if k.startswith("val_")] or [k for k in final if k not in ("epoch", "lr", "time", "grad_norm")]
     if (run_dir / "run.json").exists():
         status = effective_status(read_run(run_dir))
     else:  # a run of the Python API: the Trainer writes model.safetensors when fit ends
         status = "finished" if (run_dir / "model.safetensors").exists() else "-"
     return (run_dir.name, str(dataset), str(model.get("name", "-")), epochs, best_text,
-            metrics_text(final, names) or "-", status)
+            headline(final) or "-", status)
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
