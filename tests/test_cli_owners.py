@@ -160,3 +160,17 @@ def test_runs_lists_a_run_whose_metrics_csv_is_unreadable(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:2] == ["broken", "-"]
     assert summary.read_metrics(tmp_path / "none.csv") == []
+
+
+# ------------------------------------------------------------------------------------ torchrun
+def test_under_torchrun_only_rank_zero_writes_run_json(tmp_path, monkeypatch):
+    """data.distributed.is_rank_zero decides (from RANK/WORLD_SIZE until a process group exists)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    recorder = rundir.RunRecorder(tmp_path, "gradloop fit run.toml")
+    recorder.on_fit_start(None)
+    recorder.finish("finished")
+    assert recorder.started and not (tmp_path / "run.json").exists()  # started: rank 1 never discards the run
+    monkeypatch.setenv("RANK", "0")
+    recorder.on_fit_start(None)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..callbacks.base import Callback
+from ..data import distributed
 from ..util import atomic_write, pid_alive
 from .errors import UsageError
 
@@ -88,7 +89,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def write_run(run_dir: Path, **fields: Any) -> None:
-    """Updates run.json (atomically: a reader never sees half a file)."""
+    """Updates run.json (atomically: a reader never sees half a file); under torchrun, rank 0 alone."""
+    if not distributed.is_rank_zero():
+        return
     record = read_run(run_dir)
     record.update(fields)
     atomic_write(run_dir / RUN_FILE, json.dumps(record, indent=1) + "\n", durable=False)
