@@ -5,9 +5,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..names.metrics import RESERVED_NAMES
 from ..util import read_metrics_csv
 
-NOT_METRICS = ("epoch", "lr", "time", "grad_norm")  # logged beside the metrics, not compared
+NOT_METRICS = tuple(name for name in RESERVED_NAMES if name != "loss")  # logged beside loss and metrics
 
 
 def settings_lines(config: dict[str, Any]) -> list[str]:
