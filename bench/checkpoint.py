@@ -18,6 +18,7 @@ in machine load hits both alike, on files in one directory (default: a fresh tem
 - restore: load + `model.load_state_dict` + `optimizer.load_state_dict`, both ways: what a resume
   costs end to end (gradloop's mapped tensors are copied here rather than inside the load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,8 +117,10 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"{n_params / 1e6:.1f}M parameters + Adam state: torch.save file {size_plain / 1e9:.2f} GB, "
-          f"gradloop {size_ours / 1e9:.2f} GB; torch {torch.__version__}, {cores} cores{load}; median of {args.runs}")
+    print(
+        f"{n_params / 1e6:.1f}M parameters + Adam state: torch.save file {size_plain / 1e9:.2f} GB, "
+        f"gradloop {size_ours / 1e9:.2f} GB; torch {torch.__version__}, {cores} cores{load}; median of {args.runs}"
+    )
     print(f"{'operation':<27}{'torch s':>9}{'gradloop s':>12}{'ratio':>7}   {'CPU s: torch':>13}{'gradloop':>10}{'ratio':>7}")
     results: dict[str, Any] = {}
     for name, (base, cand) in times.items():

@@ -15,6 +15,7 @@ What is timed, wall-clock:
 - "warm": later calls in the same process (median), i.e. what the checks themselves cost.
 - "process": the whole `python bench/doctor.py` up to the end of the cold call, imports included.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,14 @@ def digits_images(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tup
 def digits_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
         nn.Linear(64, 10),
     )
 
@@ -81,14 +86,27 @@ def main() -> None:
     for name, seconds in report.timings.items():
         print(f"  {name:<20} {seconds:7.3f}")
     print()
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"python {sys.version.split()[0]}")
-    print(f"cold doctor(): {cold:.2f} s   warm doctor() (median of {len(warm)}): "
-          f"{statistics.median(warm) if warm else float('nan'):.2f} s   process to end of cold call: {process:.2f} s")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, python {sys.version.split()[0]}"
+    )
+    print(
+        f"cold doctor(): {cold:.2f} s   warm doctor() (median of {len(warm)}): "
+        f"{statistics.median(warm) if warm else float('nan'):.2f} s   process to end of cold call: {process:.2f} s"
+    )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cold_s": cold, "warm_s": warm, "process_s": process, "threads": args.threads,
-                       "timings_cold": report.timings, "ok": report.ok}, handle, indent=2)
+            json.dump(
+                {
+                    "cold_s": cold,
+                    "warm_s": warm,
+                    "process_s": process,
+                    "threads": args.threads,
+                    "timings_cold": report.timings,
+                    "ok": report.ok,
+                },
+                handle,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ too). On a shared machine `--threads 1` gives usable relative numbers.
 
 Also timed: `python -c "import gradloop"` minus `python -c "import torch"` (median of 5 each).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,6 +106,7 @@ class Clock:
 # Each runs `epochs` epochs, calls clock.tick() at the end of each, and returns the last
 # epoch's validation accuracy.
 
+
 def tutorial(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock) -> float:
     """The loop the PyTorch tutorials teach: DataLoader(TensorDataset), .item() every step."""
     X, y, X_val, y_val = data
@@ -137,8 +139,7 @@ def tutorial(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock) -> float
     return val_accuracy
 
 
-def floor(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, index_select: bool = False,
-          **optimizer_options: bool) -> float:
+def floor(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, index_select: bool = False, **optimizer_options: bool) -> float:
     """Hand-written and lean: a randperm per epoch, index slicing, sums on the device, one sync per epoch."""
     X, y, X_val, y_val = data
     model = make_model()
@@ -193,8 +194,9 @@ def floor_index_select(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock
     return floor(data, epochs, clock, index_select=True)
 
 
-def _gradloop(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, *, loaders: bool = False,
-              defaults: bool = False, **trainer_options: object) -> float:
+def _gradloop(
+    data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, *, loaders: bool = False, defaults: bool = False, **trainer_options: object
+) -> float:
     import gradloop as gl
 
     class EpochClock(gl.Callback):
@@ -209,9 +211,17 @@ def _gradloop(data: tuple[torch.Tensor, ...], epochs: int, clock: Clock, *, load
     X, y, X_val, y_val = data
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = gl.Trainer(
-            make_model(), optimizer="adam", lr=LR, loss="cross_entropy", metrics=["accuracy"],
-            callbacks=[EpochClock()], max_epochs=epochs, device="cpu",
-            default_callbacks=defaults, run_dir=run_dir if defaults else None, **trainer_options,
+            make_model(),
+            optimizer="adam",
+            lr=LR,
+            loss="cross_entropy",
+            metrics=["accuracy"],
+            callbacks=[EpochClock()],
+            max_epochs=epochs,
+            device="cpu",
+            default_callbacks=defaults,
+            run_dir=run_dir if defaults else None,
+            **trainer_options,
         )
         if loaders:
             train = DataLoader(TensorDataset(X, y), batch_size=BATCH_SIZE, shuffle=True)
@@ -263,17 +273,34 @@ def worker(variant: str, args: argparse.Namespace) -> None:
     clock = Clock()
     val_accuracy = VARIANTS[variant](data, args.epochs + 1, clock)
     seconds, cpu_seconds = clock.seconds(0), clock.seconds(1)
-    result = {"warmup_seconds": seconds[0], "epoch_seconds": seconds[1:], "epoch_cpu_seconds": cpu_seconds[1:],
-              "val_accuracy": val_accuracy}
+    result = {
+        "warmup_seconds": seconds[0],
+        "epoch_seconds": seconds[1:],
+        "epoch_cpu_seconds": cpu_seconds[1:],
+        "val_accuracy": val_accuracy,
+    }
     Path(args.result).write_text(json.dumps(result))
 
 
 def run_worker(variant: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--result", str(result),
-                   "--epochs", str(args.epochs), "--samples", str(args.samples),
-                   "--val-samples", str(args.val_samples), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            variant,
+            "--result",
+            str(result),
+            "--epochs",
+            str(args.epochs),
+            "--samples",
+            str(args.samples),
+            "--val-samples",
+            str(args.val_samples),
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
         if done.returncode != 0:
             sys.exit(f"variant {variant!r} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
@@ -299,8 +326,12 @@ def check_optimizers(steps: int = 200, threads: int = 2) -> list[dict]:
     on CPU after `steps` steps of this MLP, and how long does one optimizer step take?"""
     torch.set_num_threads(threads)
     X, y, _, _ = make_data(steps * BATCH_SIZE, 1)
-    cases = [("adam", torch.optim.Adam, {"lr": LR}), ("adamw", torch.optim.AdamW, {"lr": LR}),
-             ("sgd", torch.optim.SGD, {"lr": 0.01}), ("sgd+momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9})]
+    cases = [
+        ("adam", torch.optim.Adam, {"lr": LR}),
+        ("adamw", torch.optim.AdamW, {"lr": LR}),
+        ("sgd", torch.optim.SGD, {"lr": 0.01}),
+        ("sgd+momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}),
+    ]
 
     def train(cls: type, options: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         model = make_model()
@@ -336,19 +367,25 @@ def check_optimizers(steps: int = 200, threads: int = 2) -> list[dict]:
                 timings[impl].append(step_seconds(cls, impl_options, weights, grads))
         for impl in impls:
             other = trained[impl][0]
-            rows.append({
-                "optimizer": name, "implementation": impl,
-                "bit_identical": all(torch.equal(a, b) for a, b in zip(weights, other)),
-                "max_abs_diff": max((a - b).abs().max().item() for a, b in zip(weights, other)),
-                "step_us_median": statistics.median(timings[impl]) * 1e6, "step_us_min": min(timings[impl]) * 1e6,
-                "speedup_median": statistics.median(timings["default"]) / statistics.median(timings[impl]),
-            })
+            rows.append(
+                {
+                    "optimizer": name,
+                    "implementation": impl,
+                    "bit_identical": all(torch.equal(a, b) for a, b in zip(weights, other)),
+                    "max_abs_diff": max((a - b).abs().max().item() for a, b in zip(weights, other)),
+                    "step_us_median": statistics.median(timings[impl]) * 1e6,
+                    "step_us_min": min(timings[impl]) * 1e6,
+                    "speedup_median": statistics.median(timings["default"]) / statistics.median(timings[impl]),
+                }
+            )
     print(f"optimizer implementations on CPU ({threads} threads), the MLP after {steps} steps, torch {torch.__version__}")
     print(f"{'optimizer':<14}{'impl':<9}{'weights vs default':<30}{'step us (median)':>17}{'min':>7}{'speedup':>9}")
     for r in rows:
         verdict = "bit-identical" if r["bit_identical"] else f"differ (max |diff| {r['max_abs_diff']:.1e})"
-        print(f"{r['optimizer']:<14}{r['implementation']:<9}{verdict:<30}{r['step_us_median']:>17.0f}"
-              f"{r['step_us_min']:>7.0f}{r['speedup_median']:>8.2f}x")
+        print(
+            f"{r['optimizer']:<14}{r['implementation']:<9}{verdict:<30}{r['step_us_median']:>17.0f}"
+            f"{r['step_us_min']:>7.0f}{r['speedup_median']:>8.2f}x"
+        )
     return rows
 
 
@@ -358,10 +395,14 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     for variant, runs in results.items():
         epochs = [s for run in runs for s in run["epoch_seconds"]]
         cpu = [s for run in runs for s in run["epoch_cpu_seconds"]]
-        summary[variant] = {"median_epoch_s": statistics.median(epochs), "min_epoch_s": min(epochs),
-                            "median_epoch_cpu_s": statistics.median(cpu), "epoch_seconds": epochs,
-                            "warmup_seconds": [run["warmup_seconds"] for run in runs],
-                            "val_accuracy": runs[-1]["val_accuracy"]}
+        summary[variant] = {
+            "median_epoch_s": statistics.median(epochs),
+            "min_epoch_s": min(epochs),
+            "median_epoch_cpu_s": statistics.median(cpu),
+            "epoch_seconds": epochs,
+            "warmup_seconds": [run["warmup_seconds"] for run in runs],
+            "val_accuracy": runs[-1]["val_accuracy"],
+        }
     for variant in summary:
         for reference in ("tutorial", "floor"):
             if reference in summary:
@@ -375,8 +416,10 @@ def print_table(summary: dict[str, dict]) -> None:
     for variant, row in summary.items():
         ratios = [f"{row[k]:.3f}" if k in row else "-" for k in ("ratio_tutorial", "ratio_floor")]
         epochs = " ".join(f"{s:.2f}" for s in row["epoch_seconds"])
-        print(f"{variant:<20}{row['median_epoch_s']:>9.3f}{ratios[0]:>11}{ratios[1]:>9}{row['min_epoch_s']:>8.3f}"
-              f"{row['median_epoch_cpu_s']:>8.3f}{row['val_accuracy']:>9.4f}   {epochs}")
+        print(
+            f"{variant:<20}{row['median_epoch_s']:>9.3f}{ratios[0]:>11}{ratios[1]:>9}{row['min_epoch_s']:>8.3f}"
+            f"{row['median_epoch_cpu_s']:>8.3f}{row['val_accuracy']:>9.4f}   {epochs}"
+        )
     if "gradloop" in summary and "gradloop_callbacks" in summary:
         extra = summary["gradloop_callbacks"]["median_epoch_s"] / summary["gradloop"]["median_epoch_s"] - 1
         print(f"default callbacks + run_dir cost {extra:+.1%} over gradloop without callbacks (target: within 3%)")
@@ -386,8 +429,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs per process, after one warm-up epoch (default 3)")
     parser.add_argument("--samples", type=int, default=60_000, help="training samples (default 60000; fewer for a quick run)")
-    parser.add_argument("--val-samples", type=int, default=None,
-                        help=f"validation samples (default {VAL_SAMPLES}, scaled down with --samples)")
+    parser.add_argument(
+        "--val-samples", type=int, default=None, help=f"validation samples (default {VAL_SAMPLES}, scaled down with --samples)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--runs", type=int, default=1, help="processes per variant, interleaved; the median is over all their epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -411,8 +455,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
-    print(f"{args.samples} samples + {args.val_samples} validation, batch {BATCH_SIZE}, {args.threads} threads, "
-          f"1 warm-up + {args.epochs} epochs x {args.runs} run(s); torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(
+        f"{args.samples} samples + {args.val_samples} validation, batch {BATCH_SIZE}, {args.threads} threads, "
+        f"1 warm-up + {args.epochs} epochs x {args.runs} run(s); torch {torch.__version__}, {platform.processor() or platform.machine()}"
+    )
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(args.runs):
         for variant in variants:
@@ -421,12 +467,13 @@ def main() -> None:
     print_table(summary)
     imports = import_overhead(args.import_runs) if args.import_runs > 0 else None
     if imports:
-        print(f"import gradloop adds {imports['overhead_s']:.3f} s to import torch "
-              f"({imports['import_gradloop_s']:.3f} s vs {imports['import_torch_s']:.3f} s, median of {args.import_runs}; target < 0.3 s)")
+        print(
+            f"import gradloop adds {imports['overhead_s']:.3f} s to import torch "
+            f"({imports['import_gradloop_s']:.3f} s vs {imports['import_torch_s']:.3f} s, median of {args.import_runs}; target < 0.3 s)"
+        )
     if args.json:
         config = {k: getattr(args, k) for k in ("epochs", "samples", "val_samples", "runs", "threads")}
-        report = {"config": config, "torch": torch.__version__, "python": platform.python_version(),
-                  "variants": summary, "import": imports}
+        report = {"config": config, "torch": torch.__version__, "python": platform.python_version(), "variants": summary, "import": imports}
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 

@@ -11,6 +11,7 @@ t10k-labels-idx1-ubyte (each may end in .gz), as distributed. Without it, the ex
 scikit-learn's bundled 8x8 digits (1,797 images, 64 features) and the same network with 64
 inputs (64 -> 128 -> 10), holding out a fifth of them as the test set.
 """
+
 import argparse
 import gzip
 from pathlib import Path
@@ -44,6 +45,7 @@ def find(folder, name):
 
 def load_mnist(folder):
     """(X_train, y_train), (X_test, y_test): images scaled to [0, 1], labels 0-9."""
+
     def split(prefix):
         images = read_idx(find(folder, f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(find(folder, f"{prefix}-labels-idx1-ubyte"))
@@ -58,8 +60,7 @@ def load_digits():
     from sklearn.model_selection import train_test_split
 
     X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        (X / 16.0).astype(np.float32), y, test_size=0.2, random_state=0, stratify=y)
+    X_train, X_test, y_train, y_test = train_test_split((X / 16.0).astype(np.float32), y, test_size=0.2, random_state=0, stratify=y)
     return (X_train, y_train), (X_test, y_test)
 
 
@@ -81,8 +82,7 @@ def main():
 
     torch.manual_seed(0)  # the same initial weights and batch order on every run
     model = nn.Sequential(nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, 10))
-    trainer = gl.Trainer(model, optimizer="adam", lr=1e-3, loss="cross_entropy", metrics=["accuracy"],
-                         max_epochs=args.epochs)
+    trainer = gl.Trainer(model, optimizer="adam", lr=1e-3, loss="cross_entropy", metrics=["accuracy"], max_epochs=args.epochs)
     trainer.fit((X_train, y_train), val=(X_test, y_test), batch_size=64)
     result = trainer.test((X_test, y_test))
     print(f"test loss {result['test_loss']:.4f}  test accuracy {result['test_accuracy']:.4f}")

@@ -8,6 +8,7 @@ random, so there is nothing to learn: the loss creeps down, the accuracy stays n
 
     python examples/simple_net.py [--epochs 100]
 """
+
 import argparse
 
 import torch
@@ -37,8 +38,7 @@ def main():
     y = torch.randint(0, 2, (100,))  # 2 classes
     model = SimpleNet()
 
-    trainer = gl.Trainer(model, optimizer="sgd", lr=0.01, loss="cross_entropy", metrics=["accuracy"],
-                         max_epochs=args.epochs)
+    trainer = gl.Trainer(model, optimizer="sgd", lr=0.01, loss="cross_entropy", metrics=["accuracy"], max_epochs=args.epochs)
     history = trainer.fit((X, y), batch_size=len(X), shuffle=False)  # the whole set at once, as in the tutorial
     print(f"final loss {history['loss'][-1]:.4f}  accuracy {history['accuracy'][-1]:.4f}")
 

@@ -11,6 +11,7 @@ Writes into the run directory: checkpoints/ (best.ckpt, last.ckpt and the newest
 of them resumes), metrics.csv and metrics.jsonl, curves.png, the final weights
 (model.safetensors), and accuracy.png, drawn here from the returned history.
 """
+
 import argparse
 from pathlib import Path
 
@@ -46,8 +47,16 @@ def main():
         gl.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_delta=1e-3),
         gl.ModelCheckpoint(monitor="val_loss", keep=3),  # best.ckpt, last.ckpt and the newest 3 epochs
     ]
-    trainer = gl.Trainer(model, optimizer="adam", lr=1e-2, loss="cross_entropy", metrics=["accuracy"],
-                         callbacks=callbacks, max_epochs=args.epochs, run_dir=args.run_dir)
+    trainer = gl.Trainer(
+        model,
+        optimizer="adam",
+        lr=1e-2,
+        loss="cross_entropy",
+        metrics=["accuracy"],
+        callbacks=callbacks,
+        max_epochs=args.epochs,
+        run_dir=args.run_dir,
+    )
     history = trainer.fit((X_train, y_train), val=(X_val, y_val), batch_size=16)
 
     epochs = range(1, len(history["accuracy"]) + 1)

@@ -1,4 +1,5 @@
 """Small pieces shared by several test files."""
+
 import torch
 from torch.utils.data import Dataset
 

@@ -1,6 +1,7 @@
 """Bad input fails fast: a ValueError/TypeError before the first optimizer step, whose message
 names the offending value and the fix. After each failure the weights are untouched, no gradient
 was computed and the optimizer has taken no step."""
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,6 @@ def fails_in_trainer(exc, match, model=None, **trainer_kwargs):
         assert torch.equal(value, before[name])
 
 
-
-
 # ----------------------------------------------------------------------------- lengths
 def test_mismatched_x_y_lengths():
     X, y = data()
@@ -98,8 +97,7 @@ def test_labels_outside_the_output_range(bad_label):
     y = y.clone()
     y[-1] = bad_label  # the last row: in the last batch, beyond any look at the first samples
     fix = r"give the model \d+ outputs or map the labels to 0\.\.2"
-    fails_in_fit((X, y), ValueError, rf"labels must lie in \[0, 3\).*contains {bad_label}\b.*{fix}",
-                 fit_kwargs={"batch_size": 8})
+    fails_in_fit((X, y), ValueError, rf"labels must lie in \[0, 3\).*contains {bad_label}\b.*{fix}", fit_kwargs={"batch_size": 8})
 
 
 def test_labels_outside_the_output_range_numpy_int32():
@@ -132,8 +130,12 @@ def test_labels_outside_the_output_range_late_in_a_tensor_dataset(wrap):
     y = y.clone()
     y[-1] = 5
     train = TensorDataset(X, y) if wrap == "tensordataset" else DataLoader(TensorDataset(X, y), batch_size=8)
-    fails_in_fit(train, ValueError, r"labels must lie in \[0, 3\).*contains 5.*give the model 6 outputs",
-                 fit_kwargs={"batch_size": 8, "shuffle": False})
+    fails_in_fit(
+        train,
+        ValueError,
+        r"labels must lie in \[0, 3\).*contains 5.*give the model 6 outputs",
+        fit_kwargs={"batch_size": 8, "shuffle": False},
+    )
 
 
 def test_five_outputs_for_ten_classes():
@@ -163,22 +165,37 @@ def test_class_index_labels_with_wrong_rank():
 
 def test_integer_targets_with_bce_with_logits():
     X, y = data()
-    fails_in_fit((X, (y > 0).long().reshape(-1, 1)), ValueError, r"bce_with_logits needs float targets.*y\.float\(\)",
-                 model=make_model(outputs=1), loss="bce_with_logits")
+    fails_in_fit(
+        (X, (y > 0).long().reshape(-1, 1)),
+        ValueError,
+        r"bce_with_logits needs float targets.*y\.float\(\)",
+        model=make_model(outputs=1),
+        loss="bce_with_logits",
+    )
 
 
 # ----------------------------------------------------------------------------- output shape vs targets
 def test_n_by_1_output_with_mse_on_n_targets_is_an_error_not_broadcasting():
     X, _ = data()
     y = torch.randn(N)
-    fails_in_fit((X, y), ValueError, r"mse needs outputs and targets of the same shape.*reshape y to .*reshape\(-1, 1\)",
-                 model=make_model(outputs=1), loss="mse")
+    fails_in_fit(
+        (X, y),
+        ValueError,
+        r"mse needs outputs and targets of the same shape.*reshape y to .*reshape\(-1, 1\)",
+        model=make_model(outputs=1),
+        loss="mse",
+    )
 
 
 def test_n_by_1_output_with_mse_on_n_targets_in_a_dataset():
     X, _ = data()
-    fails_in_fit(PairDataset(X, torch.randn(N)), ValueError, r"mse needs outputs and targets of the same shape",
-                 model=make_model(outputs=1), loss="mse")
+    fails_in_fit(
+        PairDataset(X, torch.randn(N)),
+        ValueError,
+        r"mse needs outputs and targets of the same shape",
+        model=make_model(outputs=1),
+        loss="mse",
+    )
 
 
 def test_output_columns_differ_from_target_columns():
@@ -204,14 +221,19 @@ def test_metric_that_cannot_compare_outputs_and_targets():
 # ----------------------------------------------------------------------------- model vs inputs
 def test_first_layer_does_not_accept_the_input_width():
     X, y = data()
-    fails_in_fit((X, y), ValueError, r"cannot process the train inputs.*\(\d+, 4\).*first layer accept",
-                 model=make_model(features=FEATURES + 3))
+    fails_in_fit(
+        (X, y), ValueError, r"cannot process the train inputs.*\(\d+, 4\).*first layer accept", model=make_model(features=FEATURES + 3)
+    )
 
 
 def test_first_layer_does_not_accept_the_input_width_dataloader():
     X, y = data()
-    fails_in_fit(DataLoader(TensorDataset(X, y), batch_size=8), ValueError, r"cannot process the train inputs.*first layer",
-                 model=make_model(features=FEATURES + 3))
+    fails_in_fit(
+        DataLoader(TensorDataset(X, y), batch_size=8),
+        ValueError,
+        r"cannot process the train inputs.*first layer",
+        model=make_model(features=FEATURES + 3),
+    )
 
 
 def test_model_returning_a_non_tensor():
@@ -237,8 +259,9 @@ def test_empty_numpy_arrays():
 
 
 def test_empty_dataset():
-    fails_in_fit(PairDataset(torch.empty(0, FEATURES), torch.empty(0, dtype=torch.long)), ValueError,
-                 r"train dataset is empty.*at least one sample")
+    fails_in_fit(
+        PairDataset(torch.empty(0, FEATURES), torch.empty(0, dtype=torch.long)), ValueError, r"train dataset is empty.*at least one sample"
+    )
 
 
 def test_empty_dataloader():
@@ -343,8 +366,9 @@ def test_sgd_by_name_without_lr():
 
 @pytest.mark.parametrize("lr", [0, -0.1, "0.01"])
 def test_bad_lr(lr):
-    fails_in_trainer(BAD, rf"lr must be a positive number; received: lr={lr!r}".replace("(", r"\(").replace(")", r"\)"),
-                     optimizer="adam", lr=lr)
+    fails_in_trainer(
+        BAD, rf"lr must be a positive number; received: lr={lr!r}".replace("(", r"\(").replace(")", r"\)"), optimizer="adam", lr=lr
+    )
 
 
 def test_not_a_module():
@@ -355,8 +379,9 @@ def test_not_a_module():
 # ----------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize("batch_size", [0, -4, 2.5, "32", True])
 def test_bad_batch_size(batch_size):
-    fails_in_fit(data(), BAD, rf"batch_size must be a positive integer; received: batch_size={batch_size!r}",
-                 fit_kwargs={"batch_size": batch_size})
+    fails_in_fit(
+        data(), BAD, rf"batch_size must be a positive integer; received: batch_size={batch_size!r}", fit_kwargs={"batch_size": batch_size}
+    )
 
 
 @pytest.mark.parametrize("method", ["validate", "test", "predict"])
@@ -376,8 +401,7 @@ def test_bad_counts(name, value):
 
 @pytest.mark.parametrize("value", [0, -1.0, "1.0"])
 def test_bad_grad_clip_norm(value):
-    fails_in_trainer(BAD, rf"grad_clip_norm must be a positive number or None; received: grad_clip_norm={value!r}",
-                     grad_clip_norm=value)
+    fails_in_trainer(BAD, rf"grad_clip_norm must be a positive number or None; received: grad_clip_norm={value!r}", grad_clip_norm=value)
 
 
 def test_bad_seed():
@@ -401,8 +425,7 @@ def test_device_of_the_wrong_type():
 
 @pytest.mark.parametrize("precision", ["64", "fp8", "bf32", 64])
 def test_unknown_precision(precision):
-    fails_in_trainer(ValueError, rf"unknown precision {precision!r}: use one of '32', 'bf16-mixed', '16-mixed'",
-                     precision=precision)
+    fails_in_trainer(ValueError, rf"unknown precision {precision!r}: use one of '32', 'bf16-mixed', '16-mixed'", precision=precision)
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -411,8 +434,7 @@ def test_unknown_callback_hook_name():
         def on_epoch_ended(self, trainer, logs):
             pass
 
-    fails_in_trainer(TypeError, r"Typo\.on_epoch_ended is not a gradloop hook \(did you mean 'on_epoch_end'\?\)",
-                     callbacks=[Typo()])
+    fails_in_trainer(TypeError, r"Typo\.on_epoch_ended is not a gradloop hook \(did you mean 'on_epoch_end'\?\)", callbacks=[Typo()])
 
 
 def test_unknown_callback_hook_without_close_match():

@@ -1,5 +1,6 @@
 """The callback contract itself: when on_optimizer_step fires, which hooks a callback listens to
 (declared by `Callback.listens`, never by swapping methods), priorities, and misspelled hooks."""
+
 import pytest
 import torch
 from torch import nn
@@ -21,8 +22,9 @@ def data(n=40):
 
 def trainer(callbacks, **options):
     torch.manual_seed(0)
-    return gl.Trainer(nn.Linear(3, 1), optimizer="sgd", lr=0.01, loss="mse", callbacks=callbacks, device="cpu",
-                      default_callbacks=False, **options)
+    return gl.Trainer(
+        nn.Linear(3, 1), optimizer="sgd", lr=0.01, loss="mse", callbacks=callbacks, device="cpu", default_callbacks=False, **options
+    )
 
 
 class Events(gl.Callback):
@@ -46,8 +48,7 @@ def test_on_optimizer_step_once_per_step_under_accumulation_with_an_uneven_last_
     events = Events()
     # 40 samples, batches of 4: 10 batches per epoch; accumulating 3 makes groups of 3, 3, 3 and 1
     trainer(events, max_epochs=2, accumulate_grad_batches=3).fit(data(), batch_size=4, shuffle=False)
-    assert events.steps() == [(epoch, 4 * epoch + i + 1, i + 1, batch) for epoch in range(2)
-                              for i, batch in enumerate([3, 6, 9, 10])]
+    assert events.steps() == [(epoch, 4 * epoch + i + 1, i + 1, batch) for epoch in range(2) for i, batch in enumerate([3, 6, 9, 10])]
     # after the group's last batch, before that batch's on_train_batch_end
     first_epoch = events.events[:14]
     assert [e[0] for e in first_epoch] == ["batch", "batch", "step", "batch"] * 3 + ["step", "batch"]
@@ -104,8 +105,9 @@ class Stream(IterableDataset):
 def test_a_step_after_the_last_batch_of_an_unsized_loader(tmp_path):
     # 10 batches per epoch, groups of 4: steps at batches 4 and 8, and one after batch 10 (the group of 2)
     saver = ModelCheckpoint(every_n_steps=3, every_n_epochs=None, keep=None, save_best=False)
-    trainer([saver, JSONLLogger(log_every_n_steps=1)], max_epochs=2, accumulate_grad_batches=4,
-            run_dir=tmp_path).fit(Stream(), batch_size=4)
+    trainer([saver, JSONLLogger(log_every_n_steps=1)], max_epochs=2, accumulate_grad_batches=4, run_dir=tmp_path).fit(
+        Stream(), batch_size=4
+    )
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*"))
     assert names == ["epoch-0-step-3.ckpt", "epoch-1-step-6.ckpt"]  # saved at the epoch's end
     for name in names:  # never a state inside an accumulation group
@@ -139,6 +141,9 @@ def test_a_misspelled_hook_is_an_error_with_a_suggestion():
         def on_optimizer_stpe(self, trainer):
             pass
 
-    with pytest.raises(TypeError, match=r"Typo.on_optimizer_stpe is not a gradloop hook \(did you mean "
-                                        r"'on_optimizer_step'\?\); hooks are: on_fit_start, "):
+    with pytest.raises(
+        TypeError,
+        match=r"Typo.on_optimizer_stpe is not a gradloop hook \(did you mean "
+        r"'on_optimizer_step'\?\); hooks are: on_fit_start, ",
+    ):
         trainer([Typo()])

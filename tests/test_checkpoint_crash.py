@@ -1,5 +1,6 @@
 """A writer killed with SIGKILL at random moments never leaves a partial file that passes for a
 checkpoint: after every kill the newest checkpoint verifies, loads and is internally consistent."""
+
 from __future__ import annotations
 
 import multiprocessing

@@ -1,5 +1,6 @@
 """Checkpoint files: every kind of damage is one clear CheckpointError naming the file, and
 nothing is ever overwritten by a failed save or a failed load."""
+
 from __future__ import annotations
 
 import errno
@@ -72,8 +73,7 @@ def test_many_chunks_hash_in_parallel_and_each_is_checked(tmp_path: Path, monkey
 
 
 @pytest.mark.parametrize("last_chunk", [1, 2, 3])
-def test_chunk_boundary_next_to_the_zip_comment_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       last_chunk: int) -> None:
+def test_chunk_boundary_next_to_the_zip_comment_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last_chunk: int) -> None:
     state = {"w": torch.ones(2)}
     payload = checkpoint.save(state, tmp_path / "a.ckpt").stat().st_size - 64
     monkeypatch.setattr(checkpoint, "CHUNK_SIZE", payload - last_chunk)
@@ -163,8 +163,11 @@ def test_wrong_version(good: Path) -> None:
     data = bytearray(good.read_bytes())
     struct.pack_into("<I", data, len(data) - 16, 2)
     good.write_bytes(data)
-    with pytest.raises(CheckpointError, match=r"last.ckpt' has format version 2 \(written by a newer gradloop\?\); "
-                                              r"this gradloop reads version 1"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"last.ckpt' has format version 2 \(written by a newer gradloop\?\); "
+        r"this gradloop reads version 1",
+    ):
         checkpoint.load(good)
 
 
@@ -331,9 +334,12 @@ def test_link_shares_the_file_or_copies_it(good: Path, monkeypatch: pytest.Monke
 # ----------------------------------------------------------------------------- another model
 def test_checkpoint_of_another_model(tmp_path: Path) -> None:
     state = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).state_dict()
-    with pytest.raises(CheckpointError, match=r"'x.ckpt' holds weights of a different model \(missing: 2.weight, 2.bias; "
-                                              r"unexpected: 1.weight, 1.bias; different shapes: 0.weight \(4, 3\) in the file, "
-                                              r"\(5, 3\) in the model"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'x.ckpt' holds weights of a different model \(missing: 2.weight, 2.bias; "
+        r"unexpected: 1.weight, 1.bias; different shapes: 0.weight \(4, 3\) in the file, "
+        r"\(5, 3\) in the model",
+    ):
         restore.load_model_state(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), state, "x.ckpt")
     model = nn.Linear(3, 4)
     restore.load_model_state(model, {"weight": torch.ones(4, 3), "bias": torch.zeros(4)}, "x.ckpt")

@@ -4,6 +4,7 @@ Each command runs at least once in a subprocess (`python -m gradloop`, and the c
 the demo); follow-up calls on the same run go through `main()` in this process, which is the same
 code path without another interpreter start-up (torch and scikit-learn imports take seconds).
 """
+
 import csv
 import gzip
 import json
@@ -24,8 +25,9 @@ LABELS = ["cat", "dog", "eel"]
 def gradloop(*args, cwd, timeout=240):
     """Runs `python -m gradloop ARGS` (the console script's code) and returns the finished process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "gradloop", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gradloop", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cli(capsys, *args):
@@ -174,12 +176,17 @@ def test_resume_continues_bit_identically(tmp_path, capsys):
 
 def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, capsys):
     (tmp_path / "long.toml").write_text(
-        '[data]\nname = "digits"\nbatch_size = 8\n[model]\nhidden = [256]\n[train]\nmax_epochs = 200\n'
-        "[callbacks.model_checkpoint]\n"
+        '[data]\nname = "digits"\nbatch_size = 8\n[model]\nhidden = [256]\n[train]\nmax_epochs = 200\n[callbacks.model_checkpoint]\n'
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    process = subprocess.Popen([sys.executable, "-m", "gradloop", "fit", "long.toml", "--run-dir", "runs/long"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradloop", "fit", "long.toml", "--run-dir", "runs/long"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in process.stdout:
             if line.startswith("epoch"):
@@ -225,7 +232,7 @@ def test_idx_folder_with_cnn_uses_t10k_as_test_set(tmp_path, capsys):
         y = rng.integers(0, 3, n)
         X = rng.integers(0, 60, size=(n, 28, 28))
         for k in range(3):
-            X[y == k, k * 8:k * 8 + 6, 4:20] = 250  # a bar whose position is the class
+            X[y == k, k * 8 : k * 8 + 6, 4:20] = 250  # a bar whose position is the class
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", X)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y)
     (tmp_path / "mnist.toml").write_text(
@@ -243,8 +250,9 @@ def test_demo_writes_a_run_and_the_console_script_works(tmp_path):
     script = Path(sys.executable).parent / "gradloop"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "gradloop"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    process = subprocess.run([*command, "demo", "--set", "train.max_epochs=1"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=240)
+    process = subprocess.run(
+        [*command, "demo", "--set", "train.max_epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     ok(process)
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("demo-")

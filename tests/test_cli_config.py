@@ -1,4 +1,5 @@
 """The TOML config schema: validation messages, --set overrides, the resolved config file."""
+
 import sys
 
 import pytest
@@ -23,44 +24,53 @@ def error_of(raw):
     return message
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({**WINE, "train": {"lrr": 0.1}}, "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    ({**WINE, "trian": {}}, "unknown section 'trian' (did you mean 'train'?)"),
-    ({**WINE, "callbacks": {"early_stoping": {}}}, "(did you mean 'callbacks.early_stopping'?)"),
-    ({**WINE, "callbacks": {"early_stopping": {"patiense": 3}}}, "did you mean 'callbacks.early_stopping.patience'?"),
-    ({**WINE, "model": {"hiden": [3]}}, "did you mean 'model.hidden'?"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({**WINE, "train": {"lrr": 0.1}}, "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        ({**WINE, "trian": {}}, "unknown section 'trian' (did you mean 'train'?)"),
+        ({**WINE, "callbacks": {"early_stoping": {}}}, "(did you mean 'callbacks.early_stopping'?)"),
+        ({**WINE, "callbacks": {"early_stopping": {"patiense": 3}}}, "did you mean 'callbacks.early_stopping.patience'?"),
+        ({**WINE, "model": {"hiden": [3]}}, "did you mean 'model.hidden'?"),
+    ],
+)
 def test_unknown_keys_suggest_the_right_one(raw, expected):
     assert expected in error_of(raw)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({**WINE, "train": {"lr": "fast"}}, "train.lr must be a number; got 'fast'"),
-    ({**WINE, "train": {"lr": -1.0}}, "train.lr must be greater than 0; got -1.0"),
-    ({**WINE, "train": {"max_epochs": 2.5}}, "train.max_epochs must be an integer; got 2.5"),
-    ({**WINE, "train": {"max_epochs": "10"}}, "train.max_epochs must be an integer; got '10'"),
-    ({**WINE, "train": {"seed": True}}, "train.seed must be an integer; got true"),
-    ({"data": {"name": "wine", "val_split": 1.5}}, "data.val_split must be less than 1; got 1.5"),
-    ({"data": {"name": "wine", "batch_size": 0}}, "data.batch_size must be greater than or equal to 1"),
-    ({**WINE, "model": {"hidden": [64, "a"]}}, "model.hidden[1] must be an integer; got 'a'"),
-    ({**WINE, "model": {"hidden": [64, 0]}}, "model.hidden: every entry must be a positive integer"),
-    ({**WINE, "model": {"dropout": 1.0}}, "model.dropout must be less than 1"),
-    ({**WINE, "callbacks": {"early_stopping": 3}}, "callbacks.early_stopping must be a table; got 3"),
-    ({"data": "wine"}, "data must be a table"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({**WINE, "train": {"lr": "fast"}}, "train.lr must be a number; got 'fast'"),
+        ({**WINE, "train": {"lr": -1.0}}, "train.lr must be greater than 0; got -1.0"),
+        ({**WINE, "train": {"max_epochs": 2.5}}, "train.max_epochs must be an integer; got 2.5"),
+        ({**WINE, "train": {"max_epochs": "10"}}, "train.max_epochs must be an integer; got '10'"),
+        ({**WINE, "train": {"seed": True}}, "train.seed must be an integer; got true"),
+        ({"data": {"name": "wine", "val_split": 1.5}}, "data.val_split must be less than 1; got 1.5"),
+        ({"data": {"name": "wine", "batch_size": 0}}, "data.batch_size must be greater than or equal to 1"),
+        ({**WINE, "model": {"hidden": [64, "a"]}}, "model.hidden[1] must be an integer; got 'a'"),
+        ({**WINE, "model": {"hidden": [64, 0]}}, "model.hidden: every entry must be a positive integer"),
+        ({**WINE, "model": {"dropout": 1.0}}, "model.dropout must be less than 1"),
+        ({**WINE, "callbacks": {"early_stopping": 3}}, "callbacks.early_stopping must be a table; got 3"),
+        ({"data": "wine"}, "data must be a table"),
+    ],
+)
 def test_wrong_types_and_ranges_name_the_key(raw, expected):
     assert expected in error_of(raw)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({"data": {"name": "wne"}}, "unknown bundled dataset 'wne' (did you mean 'wine'?)"),
-    ({**WINE, "model": {"name": "mpl"}}, "unknown model 'mpl' (did you mean 'mlp'?)"),
-    ({**WINE, "model": {"activation": "rlu"}}, "did you mean 'relu'?"),
-    ({**WINE, "train": {"optimizer": "adamm"}}, "unknown optimizer 'adamm' (did you mean 'adam'?)"),
-    ({**WINE, "train": {"loss": "crossentropyy"}}, "train.loss: unknown loss 'crossentropyy'"),
-    ({**WINE, "train": {"metrics": ["accuracy", "f2"]}}, "train.metrics: unknown metric 'f2'"),
-    ({**WINE, "train": {"precision": "64"}}, "train.precision: unknown precision '64'"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"data": {"name": "wne"}}, "unknown bundled dataset 'wne' (did you mean 'wine'?)"),
+        ({**WINE, "model": {"name": "mpl"}}, "unknown model 'mpl' (did you mean 'mlp'?)"),
+        ({**WINE, "model": {"activation": "rlu"}}, "did you mean 'relu'?"),
+        ({**WINE, "train": {"optimizer": "adamm"}}, "unknown optimizer 'adamm' (did you mean 'adam'?)"),
+        ({**WINE, "train": {"loss": "crossentropyy"}}, "train.loss: unknown loss 'crossentropyy'"),
+        ({**WINE, "train": {"metrics": ["accuracy", "f2"]}}, "train.metrics: unknown metric 'f2'"),
+        ({**WINE, "train": {"precision": "64"}}, "train.precision: unknown precision '64'"),
+    ],
+)
 def test_unknown_names(raw, expected):
     assert expected in error_of(raw)
 
@@ -78,10 +88,18 @@ def test_several_problems_report_the_first_and_count_the_rest():
 
 
 def test_overrides_are_toml_values_or_strings():
-    raw = apply_overrides({"data": {"name": "iris"}}, [
-        "train.lr=0.01", "model.hidden=[64, 32]", "data.name=wine", "data.standardize=false",
-        "callbacks.early_stopping.patience=3", 'train.loss="mse"', "train.precision=16",
-    ])
+    raw = apply_overrides(
+        {"data": {"name": "iris"}},
+        [
+            "train.lr=0.01",
+            "model.hidden=[64, 32]",
+            "data.name=wine",
+            "data.standardize=false",
+            "callbacks.early_stopping.patience=3",
+            'train.loss="mse"',
+            "train.precision=16",
+        ],
+    )
     config = validate(raw, "x")
     assert config.train.lr == 0.01 and config.model.hidden == [64, 32] and config.data.name == "wine"
     assert config.data.standardize is False and config.callbacks.early_stopping.patience == 3
@@ -111,15 +129,18 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 
 def test_resolved_toml_round_trips():
-    config = validate({
-        "data": {"path": "/data/x.csv", "target": "label"},
-        "model": {"name": "pkg.mod:make", "options": {"width": 3, "sizes": [1, 2]}},
-        "train": {"metrics": ["accuracy"], "max_epochs": 3},
-        "callbacks": {"early_stopping": {"patience": 2}, "terminate_on_nan": {}},
-    }, "x")
+    config = validate(
+        {
+            "data": {"path": "/data/x.csv", "target": "label"},
+            "model": {"name": "pkg.mod:make", "options": {"width": 3, "sizes": [1, 2]}},
+            "train": {"metrics": ["accuracy"], "max_epochs": 3},
+            "callbacks": {"early_stopping": {"patience": 2}, "terminate_on_nan": {}},
+        },
+        "x",
+    )
     text = config.to_toml()
     assert "hidden" not in text  # keys the factory does not use are left out
-    assert "metrics = [\"accuracy\"]" in text and "options = { width = 3, sizes = [1, 2] }" in text
+    assert 'metrics = ["accuracy"]' in text and "options = { width = 3, sizes = [1, 2] }" in text
     parsed = tomllib.loads(text)
     assert parsed == config.resolved()
     assert validate(parsed, "again") == config

@@ -1,4 +1,5 @@
 """Data for the command line: readers (CSV, NPZ, IDX), split and standardization, model zoo."""
+
 import gzip
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import torch
 from gradloop.cli.config import validate
 from gradloop.cli.datasets import RawData, load_raw, read_table
 from gradloop.cli.errors import UsageError
-from gradloop.cli.models import build_model, cnn, from_factory, mlp
 from gradloop.cli.labels import infer_task, label_text
+from gradloop.cli.models import build_model, cnn, from_factory, mlp
 from gradloop.cli.prepare import DataSpec, prepare, split_indices
 from gradloop.cli.readers import Table, read_csv, read_idx, read_idx_folder, read_npz
 

@@ -3,6 +3,7 @@
 Most cases call `main()` in this process (no interpreter start-up per case); two go through a
 real subprocess to pin the exit status and stderr of the installed command.
 """
+
 import csv
 import json
 import os
@@ -70,19 +71,24 @@ def config(tmp_path, text, name="run.toml"):
 
 
 # ------------------------------------------------------------------------------------ config problems
-@pytest.mark.parametrize("text, expected", [
-    (GOOD_CONFIG.replace("[train]", "[train]\nlrr = 0.1"), ["run.toml", "'train.lrr'", "did you mean 'train.lr'"]),
-    (GOOD_CONFIG.replace("[train]", "[trian]"), ["'trian'", "did you mean 'train'"]),
-    (GOOD_CONFIG.replace("max_epochs = 1", 'max_epochs = "ten"'), ["train.max_epochs must be an integer"]),
-    (GOOD_CONFIG.replace("batch_size = 16", "batch_size = 16\nval_split = 1.5"), ["data.val_split must be less than 1"]),
-    (GOOD_CONFIG.replace("hidden = [8]", 'name = "mpl"'), ["model.name", "did you mean 'mlp'"]),
-    (GOOD_CONFIG.replace('path = "blobs.csv"', 'path = "blobs.csv"\nname = "wine"'), ["data", "exactly one of"]),
-    ('[data]\nname = "wines"\n', ["data.name", "did you mean 'wine'"]),
-    (GOOD_CONFIG + "[callbacks.early_stopping]\nmonitor = \"val_acc\"\n",
-     ["[callbacks.early_stopping]: EarlyStopping monitors 'val_acc', which is not logged", "did you mean 'val_accuracy'"]),
-    (GOOD_CONFIG + "[callbacks.early_stopping]\npatience = -1\n", ["callbacks.early_stopping.patience"]),
-    ("[data\n", ["run.toml: invalid TOML"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD_CONFIG.replace("[train]", "[train]\nlrr = 0.1"), ["run.toml", "'train.lrr'", "did you mean 'train.lr'"]),
+        (GOOD_CONFIG.replace("[train]", "[trian]"), ["'trian'", "did you mean 'train'"]),
+        (GOOD_CONFIG.replace("max_epochs = 1", 'max_epochs = "ten"'), ["train.max_epochs must be an integer"]),
+        (GOOD_CONFIG.replace("batch_size = 16", "batch_size = 16\nval_split = 1.5"), ["data.val_split must be less than 1"]),
+        (GOOD_CONFIG.replace("hidden = [8]", 'name = "mpl"'), ["model.name", "did you mean 'mlp'"]),
+        (GOOD_CONFIG.replace('path = "blobs.csv"', 'path = "blobs.csv"\nname = "wine"'), ["data", "exactly one of"]),
+        ('[data]\nname = "wines"\n', ["data.name", "did you mean 'wine'"]),
+        (
+            GOOD_CONFIG + '[callbacks.early_stopping]\nmonitor = "val_acc"\n',
+            ["[callbacks.early_stopping]: EarlyStopping monitors 'val_acc', which is not logged", "did you mean 'val_accuracy'"],
+        ),
+        (GOOD_CONFIG + "[callbacks.early_stopping]\npatience = -1\n", ["callbacks.early_stopping.patience"]),
+        ("[data\n", ["run.toml: invalid TOML"]),
+    ],
+)
 def test_config_errors(blobs, capsys, text, expected):
     assert_usage_error(capsys, ["fit", config(blobs, text)], *expected)
 
@@ -108,13 +114,19 @@ def test_missing_target_column_lists_the_columns(blobs, capsys):
     assert_usage_error(capsys, ["fit", name], "blobs.csv", "no target column 'label'", "columns: f1, f2, animal")
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("f1,f2,animal\n" + "".join(f"{i},{'nan' if i == 3 else i},{'ab'[i % 2]}\n" for i in range(20)), "NaN or Inf (first at line 5, column 'f2')"),
-    ("f1,f2,animal\n" + "".join(f"{i},{'' if i == 3 else i},{'ab'[i % 2]}\n" for i in range(20)), "NaN or Inf"),
-    ("f1,f2,animal\n", "no samples"),
-    ("", "the file is empty"),
-    ("f1,f2,animal\n1,x,a\n2,3,b\n", "column 'f2' is not numeric (line 2: 'x')"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            "f1,f2,animal\n" + "".join(f"{i},{'nan' if i == 3 else i},{'ab'[i % 2]}\n" for i in range(20)),
+            "NaN or Inf (first at line 5, column 'f2')",
+        ),
+        ("f1,f2,animal\n" + "".join(f"{i},{'' if i == 3 else i},{'ab'[i % 2]}\n" for i in range(20)), "NaN or Inf"),
+        ("f1,f2,animal\n", "no samples"),
+        ("", "the file is empty"),
+        ("f1,f2,animal\n1,x,a\n2,3,b\n", "column 'f2' is not numeric (line 2: 'x')"),
+    ],
+)
 def test_bad_csv_contents(tmp_path, capsys, content, expected):
     (tmp_path / "blobs.csv").write_text(content)
     assert_usage_error(capsys, ["fit", config(tmp_path, GOOD_CONFIG)], "blobs.csv", expected)
@@ -138,8 +150,9 @@ def test_validation_labels_unknown_to_the_training_data(blobs, capsys):
     # file seen only later (eval --data) with unknown labels is the error case
     assert run(capsys, "fit", config(blobs, text), "--run-dir", "runs/v")[0] == 0
     write_blobs(blobs / "later.csv", n=10, labels=("cat", "gnu"))
-    assert_usage_error(capsys, ["eval", "runs/v", "--data", "later.csv"], "later.csv", "labels 'gnu' are not among the run's classes",
-                       run_dir="runs/never")
+    assert_usage_error(
+        capsys, ["eval", "runs/v", "--data", "later.csv"], "later.csv", "labels 'gnu' are not among the run's classes", run_dir="runs/never"
+    )
 
 
 # ------------------------------------------------------------------------------------ model problems
@@ -148,9 +161,7 @@ def test_model_problems(blobs, capsys):
     assert_usage_error(capsys, ["fit", config(blobs, text)], "model.name = 'cnn' needs image-shaped inputs")
     text = GOOD_CONFIG.replace("hidden = [8]", 'name = "no_such_zoo:make"')
     assert_usage_error(capsys, ["fit", config(blobs, text)], "model.name 'no_such_zoo:make'", "cannot import 'no_such_zoo'")
-    (blobs / "tiny_zoo.py").write_text(
-        "import torch\ndef two(input_shape, num_outputs):\n    return torch.nn.Linear(input_shape[0], 2)\n"
-    )
+    (blobs / "tiny_zoo.py").write_text("import torch\ndef two(input_shape, num_outputs):\n    return torch.nn.Linear(input_shape[0], 2)\n")
     text = GOOD_CONFIG.replace("hidden = [8]", 'name = "tiny_zoo:two"')
     assert_usage_error(capsys, ["fit", config(blobs, text)], "model 'tiny_zoo:two' does not fit the data", "labels must lie in [0, 2)")
     text = GOOD_CONFIG.replace("max_epochs = 1", 'max_epochs = 1\nloss = "mse"')
@@ -196,8 +207,9 @@ def test_predict_input_problems(blobs, capsys):
     (blobs / "few.csv").write_text("f1,f9,f7\n1,2,3\n")
     assert_usage_error(capsys, ["predict", "runs/p", "few.csv"], "few.csv", "missing feature columns f2", run_dir="runs/never")
     np.save(blobs / "wide.npy", np.zeros((3, 5)))
-    assert_usage_error(capsys, ["predict", "runs/p", "wide.npy"], "wide.npy", "samples have shape (5,) but the model takes (2,)",
-                       run_dir="runs/never")
+    assert_usage_error(
+        capsys, ["predict", "runs/p", "wide.npy"], "wide.npy", "samples have shape (5,) but the model takes (2,)", run_dir="runs/never"
+    )
     assert_usage_error(capsys, ["predict", "runs/p", "blobs.csv", "--out", "no/such/dir/p.csv"], "--out", run_dir="runs/never")
 
 
@@ -243,15 +255,17 @@ def test_a_failure_after_a_checkpoint_keeps_the_run_as_failed(blobs, capsys):
 
 
 # ------------------------------------------------------------------------------------ the real command
-@pytest.mark.parametrize("args, expected", [
-    (["fit", "run.toml", "--set", "train.lrr=1"], "'train.lrr' (did you mean 'train.lr'?)"),
-    (["fit", "run.toml", "--set", 'data.path="gone.csv"'], "'gone.csv' does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["fit", "run.toml", "--set", "train.lrr=1"], "'train.lrr' (did you mean 'train.lr'?)"),
+        (["fit", "run.toml", "--set", 'data.path="gone.csv"'], "'gone.csv' does not exist"),
+    ],
+)
 def test_subprocess_exit_code_and_one_line(blobs, args, expected):
     config(blobs, GOOD_CONFIG)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.run([sys.executable, "-m", "gradloop", *args], cwd=blobs, env=env,
-                             capture_output=True, text=True, timeout=120)
+    process = subprocess.run([sys.executable, "-m", "gradloop", *args], cwd=blobs, env=env, capture_output=True, text=True, timeout=120)
     assert process.returncode == 2 and process.stdout == ""
     assert process.stderr.count("\n") == 1 and process.stderr.startswith("gradloop: error: ") and expected in process.stderr
     assert not (blobs / "runs").exists()

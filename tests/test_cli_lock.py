@@ -1,4 +1,5 @@
 """A run directory is trained by one process at a time, also from the command line."""
+
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ def test_resume_of_a_locked_run_fails_at_once_with_exit_2(tmp_path):
     config = tmp_path / "iris.toml"
     config.write_text('[data]\nname = "iris"\n[model]\nname = "mlp"\nhidden = [8]\n[train]\nmax_epochs = 1\nseed = 0\n')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "gradloop", *args], cwd=tmp_path, env=env,
-                                       capture_output=True, text=True, timeout=240)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gradloop", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
     assert run("fit", str(config), "--run-dir", "runs/a").returncode == 0
     with RunLock(tmp_path / "runs" / "a"):
         result = run("resume", "runs/a")

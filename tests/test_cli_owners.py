@@ -1,5 +1,6 @@
 """One owner per concept: the command line asks the core (the Trainer, the monitor, the name
 registries, util) instead of keeping its own copy, so it accepts and rejects what the library does."""
+
 import json
 import os
 from pathlib import Path
@@ -145,8 +146,7 @@ def test_a_running_record_without_a_live_pid_is_interrupted(pid):
 def test_the_run_recorder_runs_after_every_other_callback(blobs, capsys):
     """Callback.priority orders hooks: "running" is recorded once every start-up check has passed."""
     recorder = rundir.RunRecorder(blobs / "runs/r", "gradloop fit")
-    raw = {"data": {"path": str(blobs / "blobs.csv"), "target": "animal"},
-           "callbacks": {"early_stopping": {}, "model_checkpoint": {}}}
+    raw = {"data": {"path": str(blobs / "blobs.csv"), "target": "animal"}, "callbacks": {"early_stopping": {}, "model_checkpoint": {}}}
     trainer = build(validate(raw, "x"), run_dir=blobs / "runs/r", extra_callbacks=[recorder]).trainer
     assert trainer.callbacks.callbacks[-1] is recorder
     assert all(c.priority < recorder.priority for c in trainer.callbacks.callbacks[:-1])

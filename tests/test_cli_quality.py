@@ -5,6 +5,7 @@ Marked `slow` (about 10 s each) but run by default. Measured over seeds 0-7 with
 cancer 95.6-99.1%, diabetes R² 0.42-0.67 (linear regression on the same splits: 0.38-0.63), and
 the demo's digits CNN 98.6-99.7% (seeds 0-5), so the thresholds hold on every seed tried.
 """
+
 import csv
 import os
 import re
@@ -70,8 +71,9 @@ restore_best_weights = true
 def gradloop(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}  # the suite shares two cores
     started = time.perf_counter()
-    process = subprocess.run([sys.executable, "-m", "gradloop", *map(str, args)], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-m", "gradloop", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stdout + process.stderr
     return process, time.perf_counter() - started
 
@@ -84,11 +86,14 @@ def evaluated(run_dir, capsys):
     return {name: float(value) for name, value in re.findall(r"(val_\w+) (-?[\d.]+)", line)}
 
 
-@pytest.mark.parametrize("dataset, metric, threshold", [
-    ("wine", "val_accuracy", 0.95),
-    ("breast_cancer", "val_accuracy", 0.95),
-    ("diabetes", "val_r2", 0.4),
-])
+@pytest.mark.parametrize(
+    "dataset, metric, threshold",
+    [
+        ("wine", "val_accuracy", 0.95),
+        ("breast_cancer", "val_accuracy", 0.95),
+        ("diabetes", "val_r2", 0.4),
+    ],
+)
 def test_bundled_dataset_quality(tmp_path, capsys, dataset, metric, threshold):
     (tmp_path / f"{dataset}.toml").write_text(CONFIGS[dataset])
     _, seconds = gradloop("fit", f"{dataset}.toml", "--run-dir", "run", cwd=tmp_path)

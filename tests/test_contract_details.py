@@ -1,4 +1,5 @@
 """Details the contract fixes that the other test files do not cover on their own."""
+
 import copy
 import os
 import subprocess
@@ -111,7 +112,13 @@ def test_loading_a_checkpoint_of_another_optimizer_is_one_clear_error(tmp_path):
 def test_doctor_reports_data_it_cannot_use_with_exit_1(tmp_path):
     np.savez(tmp_path / "empty.npz", X=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64))
     (tmp_path / "c.toml").write_text('[data]\npath = "empty.npz"\n')
-    result = subprocess.run([sys.executable, "-m", "gradloop", "doctor", "c.toml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "gradloop", "doctor", "c.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 1, result.stderr
     assert "FAIL" in result.stdout and "no samples" in result.stdout

@@ -1,4 +1,5 @@
 """A real 2-process torchrun run on CPU (Gloo): DDP, data shards, all-reduced metrics, rank-0 files."""
+
 from __future__ import annotations
 
 import csv
@@ -98,8 +99,17 @@ def torchrun(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               "--master_port", str(_free_port()), str(script), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done

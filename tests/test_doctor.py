@@ -2,6 +2,7 @@
 never raises for faults in the data or model, and leaves the model and the RNGs as it found them.
 
 Step counts are kept small (FAST) so the whole file runs in well under a minute on two cores."""
+
 from __future__ import annotations
 
 import json
@@ -132,12 +133,15 @@ def test_softmax_in_forward_without_a_module_is_caught_by_the_outputs():
     assert doctor(model, blobs(), checks=["model.loss_fit"])["model.loss_fit"].status == "fail"
 
 
-@pytest.mark.parametrize("final, loss, status", [
-    (nn.LogSoftmax(dim=1), "cross_entropy", "warn"),  # redundant but harmless
-    (nn.LogSoftmax(dim=1), "nll", "pass"),
-    (None, "nll", "fail"),  # nll needs log-probabilities
-    (nn.ReLU(), "cross_entropy", "warn"),
-])
+@pytest.mark.parametrize(
+    "final, loss, status",
+    [
+        (nn.LogSoftmax(dim=1), "cross_entropy", "warn"),  # redundant but harmless
+        (nn.LogSoftmax(dim=1), "nll", "pass"),
+        (None, "nll", "fail"),  # nll needs log-probabilities
+        (nn.ReLU(), "cross_entropy", "warn"),
+    ],
+)
 def test_final_activation_vs_loss(final, loss, status):
     model = mlp(FEATURES, CLASSES, *([final] if final is not None else []))
     assert doctor(model, blobs(), loss=loss, checks=["model.loss_fit"])["model.loss_fit"].status == status
@@ -197,8 +201,7 @@ def test_log_of_a_negative_activation_names_the_module_in_the_forward_pass():
 
 
 def test_sqrt_at_zero_names_the_module_in_the_backward_pass():
-    model = nn.Sequential(OrderedDict(fc=nn.Linear(FEATURES, 16), relu=nn.ReLU(), root=Lambda(torch.sqrt),
-                                      out=nn.Linear(16, CLASSES)))
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(FEATURES, 16), relu=nn.ReLU(), root=Lambda(torch.sqrt), out=nn.Linear(16, CLASSES)))
     check = doctor(model, blobs(), checks=["train.nan_origin"])["train.nan_origin"]
     assert check.status == "fail" and "backward pass" in check.message and "'root'" in check.message
 
@@ -265,8 +268,7 @@ def test_lr_find_alone_leaves_model_optimizer_and_rng_untouched(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    result = lr_find(model, blobs(), loss=nn.CrossEntropyLoss(), optimizer=optimizer, num_steps=30,
-                     plot=tmp_path / "plots" / "lr.png")
+    result = lr_find(model, blobs(), loss=nn.CrossEntropyLoss(), optimizer=optimizer, num_steps=30, plot=tmp_path / "plots" / "lr.png")
     assert isinstance(result, LRFindResult)
     assert len(result.lrs) == len(result.losses) == len(result.smoothed) <= 30
     assert all(a < b for a, b in zip(result.lrs, result.lrs[1:]))
@@ -512,13 +514,16 @@ def test_checks_can_be_selected_by_name_or_group():
         doctor(mlp(), blobs(), checks=["dat"])
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(loss="crossentropyy"), ValueError),
-    (dict(optimizer="adamm"), ValueError),
-    (dict(batch_size=0), ValueError),
-    (dict(lr=-1.0), ValueError),
-    (dict(overfit_steps=0), ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(loss="crossentropyy"), ValueError),
+        (dict(optimizer="adamm"), ValueError),
+        (dict(batch_size=0), ValueError),
+        (dict(lr=-1.0), ValueError),
+        (dict(overfit_steps=0), ValueError),
+    ],
+)
 def test_bad_arguments_raise(kwargs, error):
     with pytest.raises(error):
         doctor(mlp(), blobs(), **kwargs)

@@ -2,6 +2,7 @@
 
 Each test states a concept the doctor used to keep a copy of (fit rules, label range, optimizer checks,
 loss identity, RNG preservation) and checks that the doctor and the Trainer agree on it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -34,12 +35,15 @@ def trainer_error(model: nn.Module, train, **kwargs) -> BaseException:
     return info.value
 
 
-@pytest.mark.parametrize("outputs, loss, targets", [
-    (1, "mse", lambda X, y: X[:, 0].clone()),  # (N, 1) outputs vs (N,) targets: would broadcast
-    (3, "cross_entropy", lambda X, y: y.reshape(-1, 1)),  # labels (N, 1)
-    (1, "bce_with_logits", lambda X, y: (y > 0).long().reshape(-1, 1)),  # integer targets
-    (3, nn.CrossEntropyLoss(), lambda X, y: y.reshape(-1, 1)),  # a loss module is its name
-])
+@pytest.mark.parametrize(
+    "outputs, loss, targets",
+    [
+        (1, "mse", lambda X, y: X[:, 0].clone()),  # (N, 1) outputs vs (N,) targets: would broadcast
+        (3, "cross_entropy", lambda X, y: y.reshape(-1, 1)),  # labels (N, 1)
+        (1, "bce_with_logits", lambda X, y: (y > 0).long().reshape(-1, 1)),  # integer targets
+        (3, nn.CrossEntropyLoss(), lambda X, y: y.reshape(-1, 1)),  # a loss module is its name
+    ],
+)
 def test_model_output_fails_with_the_trainers_fit_message(outputs, loss, targets):
     X, y = data()
     train = (X, targets(X, y))
@@ -84,17 +88,19 @@ def test_lr_find_needs_no_lr_for_sgd_but_checks_the_name():
         lr_find(net(), data(), optimizer="sgdd", device="cpu")
 
 
-@pytest.mark.parametrize("module, name, targets", [
-    (nn.CrossEntropyLoss(), "cross_entropy", lambda X, y: y),
-    (nn.MSELoss(), "mse", lambda X, y: X[:, :1].clone()),
-    (nn.BCEWithLogitsLoss(), "bce_with_logits", lambda X, y: (y > 0).float().reshape(-1, 1)),
-])
+@pytest.mark.parametrize(
+    "module, name, targets",
+    [
+        (nn.CrossEntropyLoss(), "cross_entropy", lambda X, y: y),
+        (nn.MSELoss(), "mse", lambda X, y: X[:, :1].clone()),
+        (nn.BCEWithLogitsLoss(), "bce_with_logits", lambda X, y: (y > 0).float().reshape(-1, 1)),
+    ],
+)
 def test_a_loss_module_gets_the_checks_of_its_name(module, name, targets):
     X, y = data()
     outputs = 3 if name == "cross_entropy" else 1
     reports = [doctor(net(outputs), (X, targets(X, y)), loss=loss, device="cpu", **FAST) for loss in (module, name)]
-    assert [(c.name, c.status, c.message) for c in reports[0].checks] == \
-           [(c.name, c.status, c.message) for c in reports[1].checks]
+    assert [(c.name, c.status, c.message) for c in reports[0].checks] == [(c.name, c.status, c.message) for c in reports[1].checks]
     assert reports[0].skipped == reports[1].skipped
 
 

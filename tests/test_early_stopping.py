@@ -1,4 +1,5 @@
 """EarlyStopping through the real Trainer, with a scripted monitored value per epoch (Keras 3 semantics)."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,6 @@ from gradloop.callbacks.early_stopping import EarlyStopping
 from helpers import Scripted
 
 SEQUENCE = [10, 9, 8, 9, 8.9, 8.8, 8.7, 8.6, 8.5]
-
-
 
 
 class Record(gl.Callback):
@@ -61,8 +60,17 @@ def model():
 def run(values, callbacks, name="score", val=True, max_epochs=None, net=None, resume=None, loss="mse"):
     """Fits a tiny regression on `values[epoch]` as metric `name`; returns the trainer."""
     metric = Scripted(values, name)
-    trainer = gl.Trainer(net if net is not None else model(), optimizer="sgd", lr=0.05, loss=loss, metrics=[metric],
-                         callbacks=callbacks, max_epochs=max_epochs or len(values), default_callbacks=False, seed=1)
+    trainer = gl.Trainer(
+        net if net is not None else model(),
+        optimizer="sgd",
+        lr=0.05,
+        loss=loss,
+        metrics=[metric],
+        callbacks=callbacks,
+        max_epochs=max_epochs or len(values),
+        default_callbacks=False,
+        seed=1,
+    )
     metric.trainer = trainer
     X, y = data()
     trainer.fit((X, y), val=(X, y) if val else None, batch_size=8, shuffle=False, resume=resume)
@@ -191,15 +199,18 @@ def test_unknown_direction_is_an_error_before_training():
     assert record.weights == []
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"mode": "up"}, ValueError, "mode must be 'auto', 'min' or 'max'; received: mode='up'"),
-    ({"patience": -1}, ValueError, "patience=-1"),
-    ({"patience": 1.5}, ValueError, "patience=1.5"),
-    ({"start_from_epoch": -2}, ValueError, "start_from_epoch=-2"),
-    ({"min_delta": "0.1"}, TypeError, "min_delta='0.1'"),
-    ({"baseline": math.nan}, ValueError, "baseline=nan"),
-    ({"monitor": 3}, TypeError, "monitor=3"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "up"}, ValueError, "mode must be 'auto', 'min' or 'max'; received: mode='up'"),
+        ({"patience": -1}, ValueError, "patience=-1"),
+        ({"patience": 1.5}, ValueError, "patience=1.5"),
+        ({"start_from_epoch": -2}, ValueError, "start_from_epoch=-2"),
+        ({"min_delta": "0.1"}, TypeError, "min_delta='0.1'"),
+        ({"baseline": math.nan}, ValueError, "baseline=nan"),
+        ({"monitor": 3}, TypeError, "monitor=3"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         EarlyStopping(**kwargs)
@@ -245,13 +256,20 @@ def test_state_dict_round_trip():
 def test_resume_restores_counters_and_the_true_best_weights(tmp_path):
     initial = model()
     record = Record()
-    straight = run(SEQUENCE, [record, EarlyStopping(monitor="val_score", mode="min", patience=2, restore_best_weights=True)],
-                   net=copy.deepcopy(initial))
+    straight = run(
+        SEQUENCE,
+        [record, EarlyStopping(monitor="val_score", mode="min", patience=2, restore_best_weights=True)],
+        net=copy.deepcopy(initial),
+    )
     assert straight.stop_reason == "early stopping at epoch 4"
 
     path = tmp_path / "epoch3.ckpt"  # after epoch 3: best at 2, wait 1, and the model holds epoch 3's weights
-    run(SEQUENCE, [EarlyStopping(monitor="val_score", mode="min", patience=2, restore_best_weights=True), SaveAt(3, path)],
-        net=copy.deepcopy(initial), max_epochs=4)
+    run(
+        SEQUENCE,
+        [EarlyStopping(monitor="val_score", mode="min", patience=2, restore_best_weights=True), SaveAt(3, path)],
+        net=copy.deepcopy(initial),
+        max_epochs=4,
+    )
 
     stopper = EarlyStopping(monitor="val_score", mode="min", patience=2, restore_best_weights=True)
     resumed = run(SEQUENCE, [stopper], net=nn.Linear(3, 1), resume=path)

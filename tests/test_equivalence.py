@@ -5,6 +5,7 @@ weights must be bit-identical (torch.equal) and the global RNG must be left at t
 With seed=None gradloop's in-memory batcher draws from the global torch RNG exactly as
 `DataLoader(TensorDataset(X, y), batch_size, shuffle)` does, so the twin uses a DataLoader.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,9 @@ def hand_loop(model, optimizer, train, *, epochs, batch_size, shuffle, val=None,
 
 
 def gl_fit(model, optimizer, train, *, epochs, batch_size, shuffle, val=None, lr=None, **kwargs):
-    trainer = gl.Trainer(model, optimizer=optimizer, lr=lr, loss="cross_entropy", metrics=["accuracy"],
-                         max_epochs=epochs, default_callbacks=False, **kwargs)
+    trainer = gl.Trainer(
+        model, optimizer=optimizer, lr=lr, loss="cross_entropy", metrics=["accuracy"], max_epochs=epochs, default_callbacks=False, **kwargs
+    )
     history = trainer.fit(train, val=val, batch_size=batch_size, shuffle=shuffle)
     return trainer, history
 
@@ -103,14 +105,19 @@ def same_impl(optimizer: torch.optim.Optimizer) -> dict:
 # optimizer specs: (spec for gradloop given its model, lr for gradloop, twin optimizer given its model
 # and the optimizer gradloop built)
 OPTIMIZERS = {
-    "sgd-momentum-instance": (lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), None,
-                              lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)),
-    "sgd-momentum-factory": (lambda m: (lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9)), None,
-                             lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)),
+    "sgd-momentum-instance": (
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+        None,
+        lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+    ),
+    "sgd-momentum-factory": (
+        lambda m: lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+        None,
+        lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+    ),
     "sgd-name": (lambda m: "sgd", 0.05, lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05, **same_impl(o))),
     "adam-name": (lambda m: "adam", 0.01, lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01, **same_impl(o))),
-    "adam-instance": (lambda m: torch.optim.Adam(m.parameters(), lr=0.01), None,
-                      lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01)),
+    "adam-instance": (lambda m: torch.optim.Adam(m.parameters(), lr=0.01), None, lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01)),
     # A name must also give the very numbers of torch's default implementation (the tutorial's).
     "adam-name-vs-default": (lambda m: "adam", 0.01, lambda m, o: torch.optim.Adam(m.parameters(), lr=0.01)),
     "sgd-name-vs-default": (lambda m: "sgd", 0.05, lambda m, o: torch.optim.SGD(m.parameters(), lr=0.05)),
@@ -125,27 +132,37 @@ def run_pair(opt_key, *, epochs, shuffle, with_val=True, seed=1234, **gl_kwargs)
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
 
     torch.manual_seed(seed)
-    trainer, _ = gl_fit(ours, spec(ours), (X, y), epochs=epochs, batch_size=BATCH, shuffle=shuffle, val=val, lr=lr,
-                        **gl_kwargs)
+    trainer, _ = gl_fit(ours, spec(ours), (X, y), epochs=epochs, batch_size=BATCH, shuffle=shuffle, val=val, lr=lr, **gl_kwargs)
     after_ours = torch.rand(1)
 
     torch.manual_seed(seed)
-    hand_loop(theirs, twin_opt(theirs, trainer.optimizer), (X, y), epochs=epochs, batch_size=BATCH, shuffle=shuffle,
-              val=val, clip=gl_kwargs.get("grad_clip_norm"), accumulate=gl_kwargs.get("accumulate_grad_batches", 1))
+    hand_loop(
+        theirs,
+        twin_opt(theirs, trainer.optimizer),
+        (X, y),
+        epochs=epochs,
+        batch_size=BATCH,
+        shuffle=shuffle,
+        val=val,
+        clip=gl_kwargs.get("grad_clip_norm"),
+        accumulate=gl_kwargs.get("accumulate_grad_batches", 1),
+    )
     after_theirs = torch.rand(1)
     return base, ours, theirs, after_ours, after_theirs
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                       ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)]
+)
 def test_optimizer_by_name_uses_torch_defaults(name, cls):
     model = make_model()
     trainer = gl.Trainer(model, optimizer=name, lr=0.03, default_callbacks=False)
     reference = cls(copy.deepcopy(model).parameters(), lr=0.03)
     assert type(trainer.optimizer) is cls
     ignore = ("foreach", "fused")
-    assert {k: v for k, v in trainer.optimizer.defaults.items() if k not in ignore} == \
-        {k: v for k, v in reference.defaults.items() if k not in ignore}
+    assert {k: v for k, v in trainer.optimizer.defaults.items() if k not in ignore} == {
+        k: v for k, v in reference.defaults.items() if k not in ignore
+    }
     assert [p for g in trainer.optimizer.param_groups for p in g["params"]] == list(model.parameters())
 
 
@@ -218,8 +235,7 @@ def test_accumulation_equals_a_k_times_larger_batch(n, shuffle):
     base = make_model(dropout=False)
     accumulated, large = copy.deepcopy(base), copy.deepcopy(base)
     torch.manual_seed(5)
-    t_acc, _ = gl_fit(accumulated, sgd(accumulated), (X, y), epochs=2, batch_size=4, shuffle=shuffle,
-                      accumulate_grad_batches=3)
+    t_acc, _ = gl_fit(accumulated, sgd(accumulated), (X, y), epochs=2, batch_size=4, shuffle=shuffle, accumulate_grad_batches=3)
     torch.manual_seed(5)
     t_large, _ = gl_fit(large, sgd(large), (X, y), epochs=2, batch_size=12, shuffle=shuffle)
     assert t_acc.state.global_step == t_large.state.global_step == 2 * -(-n // 12)
@@ -265,8 +281,15 @@ def test_accumulation_steps_the_last_short_group_at_epoch_end():
             steps_at.append((trainer.state.epoch, trainer.state.global_step))
 
     model = make_model(dropout=False)
-    trainer = gl.Trainer(model, optimizer=sgd(model), loss="cross_entropy", max_epochs=2, accumulate_grad_batches=3,
-                         callbacks=[Record()], default_callbacks=False)
+    trainer = gl.Trainer(
+        model,
+        optimizer=sgd(model),
+        loss="cross_entropy",
+        max_epochs=2,
+        accumulate_grad_batches=3,
+        callbacks=[Record()],
+        default_callbacks=False,
+    )
     trainer.fit((X, y), batch_size=4, shuffle=False)
     assert [s for e, s in steps_at if e == 0] == [0, 0, 1, 1, 1, 2, 2, 2, 3, 4]
     assert [s for e, s in steps_at if e == 1] == [4, 4, 5, 5, 5, 6, 6, 6, 7, 8]
@@ -279,8 +302,9 @@ def fit_seeded(seed, global_seed, *, shuffle=True):
     torch.manual_seed(global_seed)
     random.seed(global_seed)
     np.random.seed(global_seed)
-    trainer, history = gl_fit(model, "adam", (X, y), epochs=2, batch_size=BATCH, shuffle=shuffle, lr=0.01,
-                              val=make_data(N_VAL, seed=1), seed=seed)
+    trainer, history = gl_fit(
+        model, "adam", (X, y), epochs=2, batch_size=BATCH, shuffle=shuffle, lr=0.01, val=make_data(N_VAL, seed=1), seed=seed
+    )
     return model, history
 
 
@@ -308,8 +332,14 @@ def test_seed_n_equals_the_hand_written_loop_after_manual_seed_n():
     torch.manual_seed(999)  # overridden by seed=3 at the start of fit
     trainer, _ = gl_fit(ours, "adam", (X, y), epochs=2, batch_size=BATCH, shuffle=True, lr=0.01, seed=3)
     torch.manual_seed(3)
-    hand_loop(theirs, torch.optim.Adam(theirs.parameters(), lr=0.01, **same_impl(trainer.optimizer)), (X, y), epochs=2,
-              batch_size=BATCH, shuffle=True)
+    hand_loop(
+        theirs,
+        torch.optim.Adam(theirs.parameters(), lr=0.01, **same_impl(trainer.optimizer)),
+        (X, y),
+        epochs=2,
+        batch_size=BATCH,
+        shuffle=True,
+    )
     assert_same_weights(ours, theirs)
 
 

@@ -1,4 +1,5 @@
 """The programs in examples/ run as they are: each in a fresh process, with flags that keep it short."""
+
 import gzip
 import importlib.util
 import math
@@ -16,8 +17,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def run_example(name, *args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")  # two cores shared by parallel tests
-    done = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, f"{name} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

@@ -1,4 +1,5 @@
 """Every input kind trains; batch sizes, the last partial batch, max_steps and the state counters."""
+
 from __future__ import annotations
 
 import copy
@@ -61,8 +62,6 @@ def trainer_for(model, **kwargs):
     kwargs.setdefault("optimizer", "adam")
     kwargs.setdefault("lr", 0.02)
     return gl.Trainer(model, loss="cross_entropy", metrics=["accuracy"], default_callbacks=False, **kwargs)
-
-
 
 
 def inputs_of(kind: str, X: torch.Tensor, y: torch.Tensor):
@@ -153,8 +152,10 @@ def test_last_partial_batch_is_kept(shuffle):
     # every sample seen exactly once per epoch
     seen = torch.cat(seen_rows)
     assert seen.shape == X.shape
+
     def key(t):
         return sorted(map(tuple, t.tolist()))
+
     assert key(seen) == key(X)
     if not shuffle:
         assert torch.equal(seen, X)
@@ -235,8 +236,7 @@ def test_state_counters_with_accumulation():
     trainer = trainer_for(make_model(), max_epochs=2, accumulate_grad_batches=3, callbacks=[counters])
     trainer.fit((X, y), batch_size=BATCH)
     assert counters.starts == [(0, 0, 0), (1, 2, 0)]
-    assert counters.batches == [(0, 0, 0), (0, 0, 0), (0, 1, 1), (0, 2, 2),
-                                (1, 2, 0), (1, 2, 0), (1, 3, 1), (1, 4, 2)]
+    assert counters.batches == [(0, 0, 0), (0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 2, 0), (1, 2, 0), (1, 3, 1), (1, 4, 2)]
     assert counters.ends == [(0, 2, 2), (1, 4, 2)]
     assert trainer.state.global_step == 4
 

@@ -1,4 +1,5 @@
 """`import gradloop` loads what training needs and nothing else; the rest comes on first use."""
+
 import json
 import subprocess
 import sys

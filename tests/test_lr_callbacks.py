@@ -1,4 +1,5 @@
 """ReduceLROnPlateau and LRScheduler through the real Trainer, checked against torch's schedulers run by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,6 @@ from helpers import Scripted
 
 LR = 0.1
 PLATEAU = [1.0, 0.9, 0.95, 0.95, 0.96, 0.8, 0.85, 0.795, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91]
-
-
 
 
 class StepLRs(gl.Callback):
@@ -56,9 +55,18 @@ def model():
 def run(callbacks, max_epochs, values=(0.0,), optimizer="sgd", net=None, resume=None, accumulate=1, n=40):
     """Fits a tiny regression, batch size 8, with `values[epoch]` logged as `score`/`val_score`."""
     metric = Scripted(values)
-    trainer = gl.Trainer(net if net is not None else model(), optimizer=optimizer, lr=LR, loss="mse", metrics=[metric],
-                         callbacks=callbacks, max_epochs=max_epochs, default_callbacks=False, seed=1,
-                         accumulate_grad_batches=accumulate)
+    trainer = gl.Trainer(
+        net if net is not None else model(),
+        optimizer=optimizer,
+        lr=LR,
+        loss="mse",
+        metrics=[metric],
+        callbacks=callbacks,
+        max_epochs=max_epochs,
+        default_callbacks=False,
+        seed=1,
+        accumulate_grad_batches=accumulate,
+    )
     metric.trainer = trainer
     X, y = data(n)
     trainer.fit((X, y), val=(X, y), batch_size=8, shuffle=False, resume=resume)
@@ -91,11 +99,13 @@ def twin_lrs(factory, steps):
 # ----------------------------------------------------------------------------- ReduceLROnPlateau
 @pytest.mark.parametrize(("patience", "cooldown", "min_lr"), [(0, 0, 0.0), (1, 0, 0.0), (1, 2, 0.0), (0, 1, 0.002)])
 def test_reduce_lr_on_plateau_follows_torch(patience, cooldown, min_lr):
-    callback = ReduceLROnPlateau(monitor="val_score", mode="min", factor=0.5, patience=patience, min_delta=0.01,
-                                 cooldown=cooldown, min_lr=min_lr)
+    callback = ReduceLROnPlateau(
+        monitor="val_score", mode="min", factor=0.5, patience=patience, min_delta=0.01, cooldown=cooldown, min_lr=min_lr
+    )
     trainer = run([callback], len(PLATEAU), PLATEAU)
-    expected = torch_plateau_lrs(PLATEAU, mode="min", factor=0.5, patience=patience, threshold=0.01,
-                                 threshold_mode="abs", cooldown=cooldown, min_lr=min_lr)
+    expected = torch_plateau_lrs(
+        PLATEAU, mode="min", factor=0.5, patience=patience, threshold=0.01, threshold_mode="abs", cooldown=cooldown, min_lr=min_lr
+    )
     assert trainer.history["lr"] == expected
     assert len(set(expected)) >= 3  # the schedule really lowers the LR, more than once
     assert trainer.optimizer.param_groups[0]["lr"] == callback.scheduler.get_last_lr()[0]
@@ -115,8 +125,9 @@ def test_min_delta_is_absolute():
 def test_reduce_lr_on_plateau_infers_max_mode_and_defaults_to_val_loss():
     accuracy = Scripted([0.5, 0.6, 0.6, 0.6], "accuracy")
     callback = ReduceLROnPlateau(monitor="val_accuracy", patience=0, factor=0.5)
-    trainer = gl.Trainer(model(), optimizer="sgd", lr=LR, loss="mse", metrics=[accuracy], callbacks=[callback],
-                         max_epochs=4, default_callbacks=False)
+    trainer = gl.Trainer(
+        model(), optimizer="sgd", lr=LR, loss="mse", metrics=[accuracy], callbacks=[callback], max_epochs=4, default_callbacks=False
+    )
     accuracy.trainer = trainer
     X, y = data()
     trainer.fit((X, y), val=(X, y), batch_size=8, shuffle=False)
@@ -127,16 +138,19 @@ def test_reduce_lr_on_plateau_infers_max_mode_and_defaults_to_val_loss():
     assert default.monitor == "val_loss" and default.scheduler.mode == "min"
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"factor": 1.0}, ValueError, "factor=1.0"),
-    ({"factor": 0}, ValueError, "factor=0"),
-    ({"patience": -1}, ValueError, "patience=-1"),
-    ({"cooldown": 0.5}, ValueError, "cooldown=0.5"),
-    ({"min_delta": -0.1}, ValueError, "min_delta=-0.1"),
-    ({"min_lr": -1.0}, ValueError, "min_lr=-1.0"),
-    ({"mode": "down"}, ValueError, "mode='down'"),
-    ({"monitor": None}, TypeError, "monitor=None"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"factor": 1.0}, ValueError, "factor=1.0"),
+        ({"factor": 0}, ValueError, "factor=0"),
+        ({"patience": -1}, ValueError, "patience=-1"),
+        ({"cooldown": 0.5}, ValueError, "cooldown=0.5"),
+        ({"min_delta": -0.1}, ValueError, "min_delta=-0.1"),
+        ({"min_lr": -1.0}, ValueError, "min_lr=-1.0"),
+        ({"mode": "down"}, ValueError, "mode='down'"),
+        ({"monitor": None}, TypeError, "monitor=None"),
+    ],
+)
 def test_reduce_lr_on_plateau_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ReduceLROnPlateau(**kwargs)
@@ -198,8 +212,7 @@ def test_step_interval_without_accumulation_steps_every_batch():
 
 def test_warmup_then_cosine_with_torch_schedulers():
     def warmup_cosine(opt):
-        return SequentialLR(opt, [LinearLR(opt, start_factor=0.1, total_iters=4), CosineAnnealingLR(opt, T_max=6)],
-                            milestones=[4])
+        return SequentialLR(opt, [LinearLR(opt, start_factor=0.1, total_iters=4), CosineAnnealingLR(opt, T_max=6)], milestones=[4])
 
     steps = StepLRs()
     run([steps, LRScheduler(warmup_cosine, interval="step")], 2)  # 2 epochs x 5 steps
@@ -234,11 +247,14 @@ def test_torch_plateau_without_monitor_is_an_error():
         run([LRScheduler(lambda opt: TorchReduceLROnPlateau(opt))], 1)
 
 
-@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
-    ((3,), {}, TypeError, "received: 3"),
-    ((lambda opt: StepLR(opt, 1),), {"interval": "batch"}, ValueError, "interval='batch'"),
-    ((lambda opt: StepLR(opt, 1),), {"interval": "step", "monitor": "val_loss"}, ValueError, "use interval='epoch'"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((3,), {}, TypeError, "received: 3"),
+        ((lambda opt: StepLR(opt, 1),), {"interval": "batch"}, ValueError, "interval='batch'"),
+        ((lambda opt: StepLR(opt, 1),), {"interval": "step", "monitor": "val_loss"}, ValueError, "use interval='epoch'"),
+    ],
+)
 def test_lr_scheduler_bad_arguments(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         LRScheduler(*args, **kwargs)
@@ -253,8 +269,7 @@ def test_every_param_group_lr_is_logged():
     net = model()
     optimizer = torch.optim.SGD([{"params": [net.weight]}, {"params": [net.bias], "lr": 0.01}], lr=LR)
     steps = StepLRs()
-    trainer = run([steps, LRScheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.5), interval="step")], 2,
-                  optimizer=optimizer, net=net)
+    trainer = run([steps, LRScheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.5), interval="step")], 2, optimizer=optimizer, net=net)
     assert trainer.history["lr"] == pytest.approx([LR * 0.5**4, LR * 0.5**9])
     assert trainer.history["lr_group1"] == pytest.approx([0.01 * 0.5**4, 0.01 * 0.5**9])
     assert "lr_group2" not in trainer.history
@@ -274,8 +289,9 @@ def test_single_group_logs_no_group_lrs():
 @pytest.mark.parametrize("interval", ["epoch", "step"])
 def test_lr_scheduler_resume_continues_the_schedule(tmp_path, interval):
     def callback():
-        return LRScheduler(lambda opt: SequentialLR(opt, [LinearLR(opt, 0.1, total_iters=3), CosineAnnealingLR(opt, 8)],
-                                                    milestones=[3]), interval=interval)
+        return LRScheduler(
+            lambda opt: SequentialLR(opt, [LinearLR(opt, 0.1, total_iters=3), CosineAnnealingLR(opt, 8)], milestones=[3]), interval=interval
+        )
 
     straight = run([callback()], 5)
     path = tmp_path / "epoch2.ckpt"

@@ -1,4 +1,5 @@
 """History, logged metrics and evaluation results against straightforward reference computations."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def full_batch(model, X, y, loss_fn=nn.functional.cross_entropy):
 
 def batch_means(model, X, y, fn, batch=BATCH):
     with torch.no_grad():
-        return [float(fn(model(X[i:i + batch]), y[i:i + batch])) for i in range(0, len(X), batch)]
+        return [float(fn(model(X[i : i + batch]), y[i : i + batch])) for i in range(0, len(X), batch)]
 
 
 def ref_accuracy(out, y) -> float:
@@ -146,7 +147,8 @@ def test_train_loss_is_the_mean_over_the_epoch_of_losses_seen_while_training():
             seen.append(float(loss))
 
     history = trainer_for(classifier(), optimizer="sgd", lr=0.5, max_epochs=1, callbacks=[Record()]).fit(
-        (X, y), batch_size=BATCH, shuffle=False)
+        (X, y), batch_size=BATCH, shuffle=False
+    )
     sizes = [16, 16, 16, 2]
     assert len(seen) == 4
     assert history["loss"][0] == pytest.approx(sum(size * loss for size, loss in zip(sizes, seen)) / N, rel=1e-6)
@@ -174,8 +176,11 @@ def test_validate_accepts_every_input_kind(kind):
     model = classifier()
     trainer = trainer_for(model)
     Xv, yv = classification(37, seed=1)
-    data = {"dataset": TensorDataset(Xv, yv), "dataloader": DataLoader(TensorDataset(Xv, yv), batch_size=6),
-            "numpy": (Xv.double().numpy(), yv.numpy())}[kind]
+    data = {
+        "dataset": TensorDataset(Xv, yv),
+        "dataloader": DataLoader(TensorDataset(Xv, yv), batch_size=6),
+        "numpy": (Xv.double().numpy(), yv.numpy()),
+    }[kind]
     out, loss = full_batch(model, Xv, yv)
     result = trainer.validate(data)
     assert result["val_loss"] == pytest.approx(loss, rel=1e-5)
@@ -244,12 +249,12 @@ def test_callable_loss_is_used():
 # ----------------------------------------------------------------------------- regression metrics
 def np_regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     err = pred - target
-    mse = float(np.mean(err ** 2))
+    mse = float(np.mean(err**2))
     return {
         "mae": float(np.mean(np.abs(err))),
         "mse": mse,
         "rmse": math.sqrt(mse),
-        "r2": 1.0 - float(np.sum(err ** 2)) / float(np.sum((target - target.mean()) ** 2)),
+        "r2": 1.0 - float(np.sum(err**2)) / float(np.sum((target - target.mean()) ** 2)),
     }
 
 
@@ -310,8 +315,7 @@ def test_lr_is_the_lr_of_the_epochs_last_optimizer_step():
             trainer.optimizer.param_groups[0]["lr"] *= 0.5
 
     X, y = classification()
-    history = trainer_for(classifier(), optimizer="sgd", lr=0.8, max_epochs=2, callbacks=[HalveEachStep()]).fit(
-        (X, y), batch_size=BATCH)
+    history = trainer_for(classifier(), optimizer="sgd", lr=0.8, max_epochs=2, callbacks=[HalveEachStep()]).fit((X, y), batch_size=BATCH)
     assert len(used) == 8
     assert history["lr"] == pytest.approx([used[3], used[7]], rel=1e-12)
     assert history["lr"] == pytest.approx([0.8 / 2**3, 0.8 / 2**7], rel=1e-12)

@@ -1,5 +1,6 @@
 """ModelCheckpoint: which files exist when, that best.ckpt really is the best, step-based saving,
 retention that never drops the last good checkpoint, and no non-finite state ever written."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ def data(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_trainer(run_dir: Path, *callbacks: gl.Callback, max_epochs: int = 5, **options) -> gl.Trainer:
     torch.manual_seed(0)
-    return gl.Trainer(nn.Linear(4, 3), callbacks=list(callbacks), max_epochs=max_epochs, run_dir=run_dir,
-                      device="cpu", default_callbacks=False, **options)
+    return gl.Trainer(
+        nn.Linear(4, 3), callbacks=list(callbacks), max_epochs=max_epochs, run_dir=run_dir, device="cpu", default_callbacks=False, **options
+    )
 
 
 def files(run_dir: Path) -> set[str]:
@@ -122,10 +124,10 @@ def test_every_n_steps(tmp_path: Path) -> None:
 
 
 def test_without_step_saving_the_loop_skips_the_batch_hook(tmp_path: Path) -> None:
-    assert not gl.Trainer(nn.Linear(4, 3), callbacks=[ModelCheckpoint()], default_callbacks=False).callbacks.listens(
-        "on_train_batch_end")
+    assert not gl.Trainer(nn.Linear(4, 3), callbacks=[ModelCheckpoint()], default_callbacks=False).callbacks.listens("on_train_batch_end")
     assert gl.Trainer(nn.Linear(4, 3), callbacks=[ModelCheckpoint(every_n_steps=2)], default_callbacks=False).callbacks.listens(
-        "on_train_batch_end")
+        "on_train_batch_end"
+    )
 
 
 def test_keep_1_never_has_fewer_than_one(tmp_path: Path) -> None:
@@ -167,8 +169,14 @@ def test_state_dict_round_trip_and_resume(tmp_path: Path) -> None:
     first = ModelCheckpoint(keep=2)
     make_trainer(tmp_path, Scripted(values), first, max_epochs=3).fit(data(), val=data(16, seed=1), batch_size=8)
     state = first.state_dict()
-    assert state == {"monitor": "val_loss", "mode": "min", "best": 1.0, "best_path": "best.ckpt",
-                     "kept": ["epoch-1-step-8.ckpt", "epoch-2-step-12.ckpt"], "saved": [3, 12, 0]}
+    assert state == {
+        "monitor": "val_loss",
+        "mode": "min",
+        "best": 1.0,
+        "best_path": "best.ckpt",
+        "kept": ["epoch-1-step-8.ckpt", "epoch-2-step-12.ckpt"],
+        "saved": [3, 12, 0],
+    }
     copy = ModelCheckpoint(keep=2)
     copy.load_state_dict(state)
     assert copy.state_dict() == state
@@ -188,10 +196,12 @@ def test_dirpath_and_bad_arguments(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "here").iterdir()} == {"best.ckpt", "last.ckpt", "epoch-0-step-4.ckpt"}
     with pytest.raises(ValueError, match="ModelCheckpoint needs a place to write"):
         make_trainer(None, ModelCheckpoint(), max_epochs=1).fit(data(), batch_size=8)
-    for bad, match in [({"keep": -1}, "keep must be None or an integer >= 0"),
-                       ({"every_n_steps": 0}, "every_n_steps must be None or an integer >= 1"),
-                       ({"every_n_epochs": 1.5}, "every_n_epochs must be None"),
-                       ({"mode": "best"}, "mode must be 'auto', 'min' or 'max'")]:
+    for bad, match in [
+        ({"keep": -1}, "keep must be None or an integer >= 0"),
+        ({"every_n_steps": 0}, "every_n_steps must be None or an integer >= 1"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs must be None"),
+        ({"mode": "best"}, "mode must be 'auto', 'min' or 'max'"),
+    ]:
         with pytest.raises(ValueError, match=match):
             ModelCheckpoint(**bad)
     with pytest.raises(TypeError, match="monitor must be the name"):

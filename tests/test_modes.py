@@ -1,5 +1,6 @@
 """Train/eval modes: dropout on in training, off in validate/predict; no grads and no BatchNorm
 updates from evaluation; the model's own mode (per submodule) is given back afterwards."""
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,11 @@ def test_dropout_is_active_in_training_and_off_in_validation_and_predict():
     assert len(seen["val"]) == 2 * 3
     assert all(not training and not dropped for training, dropped in seen["val"]), seen["val"]
 
-    for call in (lambda: trainer.validate(make_data(20, seed=2)), lambda: trainer.test(make_data(20, seed=2)),
-                 lambda: trainer.predict(make_data(20, seed=2)[0])):
+    for call in (
+        lambda: trainer.validate(make_data(20, seed=2)),
+        lambda: trainer.test(make_data(20, seed=2)),
+        lambda: trainer.predict(make_data(20, seed=2)[0]),
+    ):
         model.calls.clear()
         call()
         assert model.calls and all(not training and not dropped for training, dropped in model.calls)

@@ -1,4 +1,5 @@
 """One owner per concept: the Trainer, the CLI and the doctor give the same answer for the same thing."""
+
 import copy
 import os
 import signal
@@ -20,8 +21,10 @@ def problem(n=96, classes=3, seed=0):
     return X, y, nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, classes))
 
 
-@pytest.mark.parametrize("module, name", [(nn.CrossEntropyLoss(), "cross_entropy"), (nn.MSELoss(), "mse"),
-                                          (nn.BCEWithLogitsLoss(), "bce_with_logits"), (nn.NLLLoss(), "nll")])
+@pytest.mark.parametrize(
+    "module, name",
+    [(nn.CrossEntropyLoss(), "cross_entropy"), (nn.MSELoss(), "mse"), (nn.BCEWithLogitsLoss(), "bce_with_logits"), (nn.NLLLoss(), "nll")],
+)
 def test_a_loss_module_is_its_name(module, name) -> None:
     assert loss_name(module) == loss_name(name) == name
     assert loss_task(loss_name(module)) == loss_task(name)
@@ -39,8 +42,9 @@ def test_cross_entropy_module_trains_exactly_like_its_name() -> None:
     h_module = gl.Trainer(by_module, loss=nn.CrossEntropyLoss(), **kwargs).fit((X, y), val=(X, y), batch_size=16)
     h_name = gl.Trainer(by_name, loss="cross_entropy", **kwargs).fit((X, y), val=(X, y), batch_size=16)
     assert "val_accuracy" in h_module  # the default metric of a classification loss
-    assert [{k: v for k, v in e.items() if k != "time"} for e in h_module.epochs] == \
-           [{k: v for k, v in e.items() if k != "time"} for e in h_name.epochs]
+    assert [{k: v for k, v in e.items() if k != "time"} for e in h_module.epochs] == [
+        {k: v for k, v in e.items() if k != "time"} for e in h_name.epochs
+    ]
     for a, b in zip(by_module.parameters(), by_name.parameters()):
         assert torch.equal(a, b)
 
@@ -86,8 +90,17 @@ def test_the_epochs_lr_survives_a_stop_after_its_last_step(tmp_path) -> None:
 
     def trainer(net, run_dir, extra=()):
         schedule = gl.LRScheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), interval="step")
-        return gl.Trainer(net, optimizer="sgd", lr=0.1, max_epochs=2, run_dir=run_dir, device="cpu", seed=1,
-                          default_callbacks=False, callbacks=[schedule, *extra])
+        return gl.Trainer(
+            net,
+            optimizer="sgd",
+            lr=0.1,
+            max_epochs=2,
+            run_dir=run_dir,
+            device="cpu",
+            seed=1,
+            default_callbacks=False,
+            callbacks=[schedule, *extra],
+        )
 
     straight = trainer(copy.deepcopy(model), tmp_path / "straight").fit((X, y), batch_size=32)
     first = trainer(copy.deepcopy(model), tmp_path / "run", [StopAfterLastBatchOfFirstEpoch()])
@@ -102,8 +115,9 @@ def test_ignored_labels_pass_the_label_check_as_the_loss_skips_them() -> None:
     y = y.clone()
     y[::7] = -100  # nn.CrossEntropyLoss's default ignore_index
     reference = copy.deepcopy(model)
-    history = gl.Trainer(model, optimizer="sgd", lr=0.1, max_epochs=1, default_callbacks=False, device="cpu",
-                         metrics=[]).fit((X, y), batch_size=96, shuffle=False)
+    history = gl.Trainer(model, optimizer="sgd", lr=0.1, max_epochs=1, default_callbacks=False, device="cpu", metrics=[]).fit(
+        (X, y), batch_size=96, shuffle=False
+    )
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     loss = nn.functional.cross_entropy(reference(X), y)
     loss.backward()

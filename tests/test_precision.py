@@ -1,4 +1,5 @@
 """Mixed precision on the CPU: bf16 autocast, and float16 with a gradient scaler that resumes."""
+
 import copy
 
 import pytest

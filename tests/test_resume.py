@@ -1,4 +1,5 @@
 """Resume is exact: an interrupted and resumed run ends bit-identical to an uninterrupted one."""
+
 import copy
 import os
 import signal
@@ -30,8 +31,18 @@ def make_problem(seed=0):
 
 
 def make_trainer(model, run_dir, extra=()):
-    return gl.Trainer(model, optimizer="adam", lr=3e-3, metrics=["accuracy"], max_epochs=4, seed=7,
-                      run_dir=run_dir, callbacks=list(extra), default_callbacks=False, accumulate_grad_batches=2)
+    return gl.Trainer(
+        model,
+        optimizer="adam",
+        lr=3e-3,
+        metrics=["accuracy"],
+        max_epochs=4,
+        seed=7,
+        run_dir=run_dir,
+        callbacks=list(extra),
+        default_callbacks=False,
+        accumulate_grad_batches=2,
+    )
 
 
 def as_data(X, y, kind):

@@ -1,4 +1,5 @@
 """SIGTERM to a real training process at a random step, then resume: bit-identical to no interruption."""
+
 import random
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys, time, torch
     from torch import nn
     from torch.utils.data import TensorDataset
@@ -36,12 +37,13 @@ SCRIPT = textwrap.dedent('''
     history = trainer.fit(data, val=val, batch_size=32, resume="last")
     torch.save({"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                 "history": [{k: v for k, v in e.items() if k != "time"} for e in history.epochs]}, out)
-''')
+""")
 
 
 def run(script, run_dir, out, kind, stop_at=None):
-    process = subprocess.Popen([sys.executable, str(script), str(run_dir), str(out), kind],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), str(out), kind], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if stop_at is not None:
         for line in process.stdout:
             if line.strip() == f"step {stop_at}":
@@ -80,8 +82,12 @@ def test_a_second_sigint_aborts_at_once_and_keeps_the_previous_checkpoint(tmp_pa
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.replace("time.sleep(0.02)", "time.sleep(0.02 if trainer.state.global_step < 12 else 5)"))
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, str(script), str(run_dir), str(tmp_path / "o.pt"), "tensors"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), str(tmp_path / "o.pt"), "tensors"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stdout:
         if line.strip() == "step 12":  # inside the 5 s sleep: the first SIGINT waits for the step to end
             break

@@ -1,4 +1,5 @@
 """Run records: progress display, metrics.csv, metrics.jsonl, TensorBoard, curves.png."""
+
 import io
 import json
 import math
@@ -34,8 +35,16 @@ def make_data(n=96, seed=0):
 def make_trainer(callbacks, max_epochs=3, run_dir=None, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    return gl.Trainer(model, metrics=["accuracy"], callbacks=callbacks, max_epochs=max_epochs,
-                      run_dir=run_dir, device="cpu", default_callbacks=False, **kwargs)
+    return gl.Trainer(
+        model,
+        metrics=["accuracy"],
+        callbacks=callbacks,
+        max_epochs=max_epochs,
+        run_dir=run_dir,
+        device="cpu",
+        default_callbacks=False,
+        **kwargs,
+    )
 
 
 def fit(trainer, **kwargs):
@@ -52,8 +61,11 @@ def test_progress_off_terminal_prints_one_line_per_epoch():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     for i, line in enumerate(lines):
-        assert re.fullmatch(rf"epoch {i + 1}/3  loss \d\.\d{{4}}  accuracy \d\.\d{{4}}  "
-                            r"val_loss \d\.\d{4}  val_accuracy \d\.\d{4}  lr 0\.001  \d+\.\ds", line), line
+        assert re.fullmatch(
+            rf"epoch {i + 1}/3  loss \d\.\d{{4}}  accuracy \d\.\d{{4}}  "
+            r"val_loss \d\.\d{4}  val_accuracy \d\.\d{4}  lr 0\.001  \d+\.\ds",
+            line,
+        ), line
     # nothing per batch: the loop does not even call a batch hook
     assert not bar.live and not bar.listens("on_train_batch_end")
     assert not trainer.callbacks.listens("on_train_batch_end")
@@ -229,8 +241,14 @@ def test_tensorboard_logger_writes_events(tmp_path):
 def _epochs(n=4, lr=lambda e: 1e-3, shift=0.0, grad_norm=False):
     rows = []
     for e in range(n):
-        row = {"loss": 1.0 / (e + 1) + shift, "accuracy": 0.5 + 0.1 * e, "val_loss": 1.2 / (e + 1),
-               "val_accuracy": 0.45 + 0.1 * e, "lr": lr(e), "time": 0.5}
+        row = {
+            "loss": 1.0 / (e + 1) + shift,
+            "accuracy": 0.5 + 0.1 * e,
+            "val_loss": 1.2 / (e + 1),
+            "val_accuracy": 0.45 + 0.1 * e,
+            "lr": lr(e),
+            "time": 0.5,
+        }
         if grad_norm:
             row["grad_norm"] = 2.0 - 0.1 * e
         rows.append(row)

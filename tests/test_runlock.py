@@ -1,5 +1,6 @@
 """RunLock: one process per run directory; a second one fails at once naming the holder; a lock
 left by a dead process is taken over."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ with runlock.RunLock(sys.argv[1]):
 
 
 def write_lock(run_dir: Path, **fields) -> Path:
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": runlock._boot_id(),
-             "start_ticks": None, "since": time.time(), "token": "f" * 16, **fields}
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": runlock._boot_id(),
+        "start_ticks": None,
+        "since": time.time(),
+        "token": "f" * 16,
+        **fields,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
     path.write_text(json.dumps(owner))

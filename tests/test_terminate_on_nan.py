@@ -1,4 +1,5 @@
 """TerminateOnNaN stops at the first batch whose loss is not finite."""
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,16 @@ class Batches(gl.Callback):
 def run(net, callbacks, accumulate=1, max_epochs=3):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(32, 3, generator=g)  # batches of 4: 8 per epoch
-    trainer = gl.Trainer(net, optimizer="sgd", lr=0.01, loss="mse", callbacks=callbacks, max_epochs=max_epochs,
-                         default_callbacks=False, accumulate_grad_batches=accumulate)
+    trainer = gl.Trainer(
+        net,
+        optimizer="sgd",
+        lr=0.01,
+        loss="mse",
+        callbacks=callbacks,
+        max_epochs=max_epochs,
+        default_callbacks=False,
+        accumulate_grad_batches=accumulate,
+    )
     trainer.fit((X, X.sum(dim=1, keepdim=True)), val=(X[:8], X[:8].sum(dim=1, keepdim=True)), batch_size=4, shuffle=False)
     return trainer
 

@@ -1,4 +1,5 @@
 """gradloop: the PyTorch training loop, done once and done properly."""
+
 from __future__ import annotations
 
 import importlib
@@ -29,9 +30,27 @@ from .util import seed_everything
 _DOCTOR_TYPES = ("DoctorReport", "LRFindResult")
 
 __all__ = [
-    "Trainer", "History", "TrainState", "seed_everything", "load_weights", "CheckpointError", "RunDirLocked",
-    "Callback", "CSVLogger", "EarlyStopping", "JSONLLogger", "LRScheduler", "ModelCheckpoint", "PlotCurves",
-    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN", "doctor", "lr_find", *_DOCTOR_TYPES,
+    "Trainer",
+    "History",
+    "TrainState",
+    "seed_everything",
+    "load_weights",
+    "CheckpointError",
+    "RunDirLocked",
+    "Callback",
+    "CSVLogger",
+    "EarlyStopping",
+    "JSONLLogger",
+    "LRScheduler",
+    "ModelCheckpoint",
+    "PlotCurves",
+    "ProgressBar",
+    "ReduceLROnPlateau",
+    "TensorBoardLogger",
+    "TerminateOnNaN",
+    "doctor",
+    "lr_find",
+    *_DOCTOR_TYPES,
 ]
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
 """`python -m gradloop ...` is the `gradloop` command."""
+
 from .cli.main import main
 
 raise SystemExit(main())

@@ -1,4 +1,5 @@
 """Checks run before the first step: does the model's output fit the targets and the loss?"""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -33,8 +34,9 @@ class eval_mode:
             module.training = training
 
 
-def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None,
-                          metrics: Sequence[Metric], role: str = "train") -> None:
+def check_model_fits_data(
+    model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None, metrics: Sequence[Metric], role: str = "train"
+) -> None:
     """Runs the model in eval mode on two samples and checks outputs against targets and loss.
 
     Draws no random numbers and changes no state. Raises ValueError naming the problem and the fix.
@@ -43,8 +45,9 @@ def check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, l
         _check_model_fits_data(model, batches, loss_fn, loss_name, metrics, role)
 
 
-def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None,
-                           metrics: Sequence[Metric], role: str) -> None:
+def _check_model_fits_data(
+    model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None, metrics: Sequence[Metric], role: str
+) -> None:
     sample = batches.peek(2)
     if sample is None:
         return
@@ -89,8 +92,9 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, loss_fn: LossFn, 
                 ) from err
 
 
-def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str,
-                ignore_index: int | None = None) -> str | None:
+def fit_problem(
+    outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None, role: str, ignore_index: int | None = None
+) -> str | None:
     """The output/target fit rules of a known loss: what does not fit and how to fix it, or None.
 
     The Trainer raises it as a ValueError before the first step; the doctor reports it.
@@ -99,24 +103,34 @@ def fit_problem(outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | N
         if targets.is_floating_point() and targets.shape == outputs.shape:
             return None  # class probabilities
         if targets.is_floating_point() and targets.ndim == outputs.ndim:
-            return (f"{loss_name} with class probabilities needs targets of the outputs' shape; the model outputs "
-                    f"{_shape(outputs)} but {role} y is {_shape(targets)}: give the model one output per class")
+            return (
+                f"{loss_name} with class probabilities needs targets of the outputs' shape; the model outputs "
+                f"{_shape(outputs)} but {role} y is {_shape(targets)}: give the model one output per class"
+            )
         if targets.is_floating_point():
-            return (f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
-                    "convert it with y.long() (or use loss='mse' for regression)")
+            return (
+                f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
+                "convert it with y.long() (or use loss='mse' for regression)"
+            )
         if outputs.ndim == targets.ndim and targets.shape[-1] == 1 and outputs.ndim >= 2:
-            return (f"{loss_name} needs labels of shape (N,) for outputs of shape (N, C), but {role} y is "
-                    f"{_shape(targets)}: flatten the labels with y.reshape(-1)")
+            return (
+                f"{loss_name} needs labels of shape (N,) for outputs of shape (N, C), but {role} y is "
+                f"{_shape(targets)}: flatten the labels with y.reshape(-1)"
+            )
         if outputs.ndim != targets.ndim + 1:
-            return (f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
-                    f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)")
+            return (
+                f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
+                f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)"
+            )
         return label_range_problem(outputs.shape[1], targets, role, ignore_index)
     if loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
         hint = ": give the model as many outputs as y has columns"
         if outputs.numel() == targets.numel():
             hint = f": reshape y to {tuple(outputs.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(targets.shape)}"
-        return (f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
-                f"{role} y is {_shape(targets)}{hint}")
+        return (
+            f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
+            f"{role} y is {_shape(targets)}{hint}"
+        )
     if loss_name in BINARY_LOSSES and not targets.is_floating_point():
         return f"{loss_name} needs float targets in [0, 1], but {role} y is {_shape(targets)}: use y.float()"
     return None
@@ -135,8 +149,10 @@ def label_range_problem(num_classes: int, targets: torch.Tensor, role: str, igno
     if 0 <= low and high < num_classes:
         return None
     bad = low if low < 0 else high
-    return (f"{role} labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, but y contains "
-            f"{bad}: give the model {max(high + 1, num_classes)} outputs or map the labels to 0..{num_classes - 1}")
+    return (
+        f"{role} labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, but y contains "
+        f"{bad}: give the model {max(high + 1, num_classes)} outputs or map the labels to 0..{num_classes - 1}"
+    )
 
 
 def _raise(problem: str | None) -> None:

@@ -1,4 +1,5 @@
 """History: per-epoch logs, as a mapping from name to per-epoch values (Keras's `History`)."""
+
 from __future__ import annotations
 
 import math

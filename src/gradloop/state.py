@@ -1,4 +1,5 @@
 """Where the loop is: the progress counters and the point inside an epoch a resumed run picks up."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -53,8 +54,7 @@ class ResumePoint:
     def state_dict(self) -> dict[str, Any]:
         """Between epochs (or once the epoch is done) only the LR: the next epoch starts afresh."""
         mid = self.mid_epoch
-        return {"order": self.order if mid else None, "metrics": self.metrics.state_dict() if mid else None,
-                "epoch_lr": self.epoch_lr}
+        return {"order": self.order if mid else None, "metrics": self.metrics.state_dict() if mid else None, "epoch_lr": self.epoch_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order, self.epoch_done, self.epoch_lr = state["order"], False, float(state["epoch_lr"])

@@ -1,4 +1,5 @@
 """The Trainer: the textbook PyTorch loop, with its details done right."""
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,9 @@ class Trainer:
         if max_steps is not None:
             _check_positive_int("max_steps", max_steps)
         _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
-        if grad_clip_norm is not None and (isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float))
-                                           or not grad_clip_norm > 0):
+        if grad_clip_norm is not None and (
+            isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not grad_clip_norm > 0
+        ):
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
@@ -85,8 +87,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if isinstance(callbacks, Callback):
             callbacks = [callbacks]
-        self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks),
-                                      rank_zero=distributed.is_rank_zero())
+        self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks), rank_zero=distributed.is_rank_zero())
         self.state = TrainState()
         self.history = History()
         self.should_stop = False
@@ -101,8 +102,9 @@ class Trainer:
         self._step_listeners = self.callbacks.listens("on_optimizer_step")
 
     # ----------------------------------------------------------------------------- the loop
-    def fit(self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True,
-            resume: str | os.PathLike[str] | None = None) -> History:
+    def fit(
+        self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True, resume: str | os.PathLike[str] | None = None
+    ) -> History:
         """Trains for `max_epochs` (counted over resumes) and returns the whole `History`."""
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be True or False; received: shuffle={shuffle!r}")
@@ -144,8 +146,7 @@ class Trainer:
                 if self._signals.received is not None:
                     self._stop_on_signal()
         if self.stop_reason is None:
-            self.stop_reason = ("stopped by a callback" if self.should_stop
-                                else "max_steps" if self._max_steps_reached() else "max_epochs")
+            self.stop_reason = "stopped by a callback" if self.should_stop else "max_steps" if self._max_steps_reached() else "max_epochs"
         self.callbacks.call("on_fit_end", self)
         if self.run_dir is not None and distributed.is_rank_zero():
             if weights_are_finite(self.model):
@@ -211,8 +212,9 @@ class Trainer:
                 self._optimizer_step(meter)
         return meter.compute()
 
-    def _forward_backward(self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet,
-                          sync_grads: bool = True) -> torch.Tensor:
+    def _forward_backward(
+        self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet, sync_grads: bool = True
+    ) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         model = self._train_model
         no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()  # type: ignore[operator]
@@ -258,8 +260,7 @@ class Trainer:
             if "out of bounds" in str(err) and outputs.ndim >= 2:
                 hint = f": labels must lie in [0, {outputs.shape[1]}) for a model with {outputs.shape[1]} outputs"
             raise ValueError(
-                f"the loss failed at epoch {self.state.epoch}, batch {self.state.batch_in_epoch} ({shapes}): "
-                f"{first_line(err)}{hint}"
+                f"the loss failed at epoch {self.state.epoch}, batch {self.state.batch_in_epoch} ({shapes}): {first_line(err)}{hint}"
             ) from err
 
     def _finished(self) -> bool:
@@ -279,16 +280,16 @@ class Trainer:
 
     def _evaluate_data(self, data: Any, batch_size: int | None, role: str) -> dict[str, float]:
         # under torchrun every rank evaluates its shard and the metrics are all-reduced: call it on every rank
-        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role,
-                               shard=True)
+        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role, shard=True)
         check_model_fits_data(self.model, batches, self.loss_fn, self.loss_name, self.metrics, role)
         return self._evaluate(batches, f"{role}_")
 
     def predict(self, data: Any, batch_size: int | None = None) -> torch.Tensor:
         """Model outputs for every sample, concatenated on the CPU (eval mode, no grad; float32 under
         mixed precision)."""
-        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict",
-                               needs_targets=False)
+        batches = make_batches(
+            data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict", needs_targets=False
+        )
         outputs = []
         with torch.inference_mode(), eval_mode(self.model):
             for inputs, _ in batches.iterate(batches.new_order()):
@@ -309,8 +310,15 @@ class Trainer:
 
         if self.run_dir is not None and distributed.is_rank_zero():
             options.setdefault("plot", self.run_dir / "lr_find.png")
-        return lr_find(self.model, data, loss=self.loss_fn, optimizer=self.optimizer,
-                       batch_size=self._batch_size if batch_size is None else batch_size, device=self.device, **options)
+        return lr_find(
+            self.model,
+            data,
+            loss=self.loss_fn,
+            optimizer=self.optimizer,
+            batch_size=self._batch_size if batch_size is None else batch_size,
+            device=self.device,
+            **options,
+        )
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -378,9 +386,13 @@ class Trainer:
 
     def _resume_settings(self, train: Batches, batch_size: int, shuffle: bool) -> dict[str, Any]:
         return {
-            "batch_size": batch_size, "num_batches": _length(train), "num_samples": train.dataset_size,
-            "shuffle": shuffle, "accumulate_grad_batches": self.accumulate_grad_batches,
-            "precision": self.precision.name, "optimizer": type(self.optimizer).__name__,
+            "batch_size": batch_size,
+            "num_batches": _length(train),
+            "num_samples": train.dataset_size,
+            "shuffle": shuffle,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+            "precision": self.precision.name,
+            "optimizer": type(self.optimizer).__name__,
             "loss": self.loss_name or getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "seed": self.seed,
         }

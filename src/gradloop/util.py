@@ -3,6 +3,7 @@
 atomic files, first line of an error, did-you-mean, RNG states and their preservation,
 finiteness of weights, reading metrics.csv, whether a process is alive.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,7 +96,7 @@ def atomic_link(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
 
 def write_all(fd: int, data: memoryview) -> None:
     while len(data):
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _filler(data: bytes) -> Callable[[int], None]:

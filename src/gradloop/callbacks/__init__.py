@@ -1,4 +1,5 @@
 """Callbacks: early stopping, LR schedules, checkpoints, NaN guard, logging, progress, plots."""
+
 from .base import Callback
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
@@ -9,6 +10,15 @@ from .plots import PlotCurves
 from .progress import ProgressBar
 
 __all__ = [
-    "Callback", "CSVLogger", "EarlyStopping", "JSONLLogger", "LRScheduler", "ModelCheckpoint", "PlotCurves",
-    "ProgressBar", "ReduceLROnPlateau", "TensorBoardLogger", "TerminateOnNaN",
+    "Callback",
+    "CSVLogger",
+    "EarlyStopping",
+    "JSONLLogger",
+    "LRScheduler",
+    "ModelCheckpoint",
+    "PlotCurves",
+    "ProgressBar",
+    "ReduceLROnPlateau",
+    "TensorBoardLogger",
+    "TerminateOnNaN",
 ]

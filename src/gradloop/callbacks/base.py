@@ -1,4 +1,5 @@
 """The callback base class and the list that dispatches events to callbacks."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -10,8 +11,7 @@ from ..util import did_you_mean
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end",
-         "on_epoch_end", "on_fit_end")
+HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end", "on_epoch_end", "on_fit_end")
 
 
 class Callback:
@@ -84,8 +84,9 @@ class Callback:
 def _check_hook_names(callback: Callback) -> None:
     for name in dir(type(callback)):
         if name.startswith("on_") and name not in HOOKS:
-            raise TypeError(f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; "
-                            f"hooks are: {', '.join(HOOKS)}")
+            raise TypeError(
+                f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; hooks are: {', '.join(HOOKS)}"
+            )
 
 
 class CallbackList:
@@ -105,8 +106,7 @@ class CallbackList:
         runs_here = [c for c in self.callbacks if rank_zero or not c.rank_zero_only]
         self._listeners = {hook: [c for c in runs_here if c.listens(hook)] for hook in HOOKS}
         # the same on every rank: what decides whether a per-batch collective happens
-        self._all_rank_listeners = {hook: [c for c in self.callbacks if c.listens(hook) and not c.rank_zero_only]
-                                    for hook in HOOKS}
+        self._all_rank_listeners = {hook: [c for c in self.callbacks if c.listens(hook) and not c.rank_zero_only] for hook in HOOKS}
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)

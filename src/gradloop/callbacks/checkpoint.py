@@ -1,4 +1,5 @@
 """ModelCheckpoint: when to save and what to keep. How a file is stored is checkpoint.py's business."""
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,7 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         if self._can_save(trainer, loss=loss):
             periodic = self._periodic_name(state.epoch, state.global_step)
-            self._write(trainer, [periodic] if periodic else [], improved=None,
-                        mark=(state.epoch, state.global_step, state.batch_in_epoch))
+            self._write(trainer, [periodic] if periodic else [], improved=None, mark=(state.epoch, state.global_step, state.batch_in_epoch))
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         epoch, step = trainer.state.epoch, trainer.state.global_step
@@ -122,8 +122,7 @@ class ModelCheckpoint(Callback):
             return
         periodic = self._periodic_name(epoch, step) if due else None
         # The trainer saves an epoch-end state as "epoch + 1 begins": mark it so.
-        self._write(trainer, [periodic] if periodic else [], improved=improved,
-                    mark=(epoch + 1, step, 0))
+        self._write(trainer, [periodic] if periodic else [], improved=improved, mark=(epoch + 1, step, 0))
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         state = trainer.state
@@ -142,7 +141,7 @@ class ModelCheckpoint(Callback):
         if periodic:
             kept = [k for k in self.kept if k != periodic[0]] + periodic
             cut = len(kept) - self.keep if self.keep is not None else 0
-            doomed, self.kept = kept[:max(cut, 0)], kept[max(cut, 0):]
+            doomed, self.kept = kept[: max(cut, 0)], kept[max(cut, 0) :]
         if improved is not None:
             self.best, self.best_path = improved, BEST
         self._saved = mark
@@ -192,8 +191,14 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": str(self.monitor), "mode": self.mode, "best": self.best, "best_path": self.best_path,
-                "kept": list(self.kept), "saved": list(self._saved) if self._saved is not None else None}
+        return {
+            "monitor": str(self.monitor),
+            "mode": self.mode,
+            "best": self.best,
+            "best_path": self.best_path,
+            "kept": list(self.kept),
+            "saved": list(self._saved) if self._saved is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not self._resolved:  # before on_fit_start (the trainer restores after it): take the saved view
@@ -201,8 +206,11 @@ class ModelCheckpoint(Callback):
         if state.get("monitor") == str(self.monitor) and state.get("mode") == self.mode:
             self.best, self.best_path = float(state["best"]), state.get("best_path")
         else:
-            print(f"gradloop: ModelCheckpoint now monitors {str(self.monitor)!r} ({self.mode}); the checkpoint's best "
-                  f"{state.get('monitor')!r} ({state.get('mode')}) does not apply and best.ckpt starts over", file=sys.stderr)
+            print(
+                f"gradloop: ModelCheckpoint now monitors {str(self.monitor)!r} ({self.mode}); the checkpoint's best "
+                f"{state.get('monitor')!r} ({state.get('mode')}) does not apply and best.ckpt starts over",
+                file=sys.stderr,
+            )
         self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
         saved = state.get("saved")
         self._saved = tuple(saved) if saved is not None else None

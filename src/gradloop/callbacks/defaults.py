@@ -1,4 +1,5 @@
 """The callbacks every run gets unless told otherwise."""
+
 from __future__ import annotations
 
 from pathlib import Path

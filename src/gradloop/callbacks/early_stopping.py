@@ -1,4 +1,5 @@
 """EarlyStopping: stop when the monitored value stops improving (Keras 3 semantics, exactly)."""
+
 from __future__ import annotations
 
 import math

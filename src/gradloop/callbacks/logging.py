@@ -5,6 +5,7 @@ fit starts, so a resumed run never has duplicated or stale rows. Whole-file rewr
 (`util.atomic_write`): a crash leaves the old file or the new one, never half of one. They are not
 fsynced (`durable=False`): the checkpoint is the durable record, and these files are rebuilt from it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -115,8 +116,9 @@ class JSONLLogger(Callback):
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None, log_every_n_steps: int | None = 50) -> None:
-        if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int)
-                                              or log_every_n_steps < 1):
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
+        ):
             raise ValueError(f"log_every_n_steps must be a positive integer or None; received: log_every_n_steps={log_every_n_steps!r}")
         self.path = Path(path) if path is not None else None
         self.log_every_n_steps = log_every_n_steps

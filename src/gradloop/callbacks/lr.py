@@ -1,4 +1,5 @@
 """Learning-rate schedules: any torch scheduler, per epoch or per optimizer step, and ReduceLROnPlateau."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, TypeGuard, Union
@@ -35,12 +36,10 @@ class LRScheduler(Callback):
     The scheduler's state is saved in checkpoints.
     """
 
-    def __init__(self, scheduler_or_factory: Scheduler | SchedulerFactory, interval: str = "epoch",
-                 monitor: str | None = None) -> None:
+    def __init__(self, scheduler_or_factory: Scheduler | SchedulerFactory, interval: str = "epoch", monitor: str | None = None) -> None:
         if not (_is_scheduler(scheduler_or_factory) or callable(scheduler_or_factory)):
             raise TypeError(
-                "LRScheduler needs a torch LR scheduler or a callable optimizer -> scheduler; "
-                f"received: {scheduler_or_factory!r}"
+                f"LRScheduler needs a torch LR scheduler or a callable optimizer -> scheduler; received: {scheduler_or_factory!r}"
             )
         if interval not in ("epoch", "step"):
             raise ValueError(f"interval must be 'epoch' or 'step'; received: interval={interval!r}")
@@ -111,8 +110,16 @@ class ReduceLROnPlateau(Callback):
     `lr_group<i>`; the scheduler's state is saved in checkpoints.
     """
 
-    def __init__(self, monitor: str = VAL_LOSS, factor: float = 0.1, patience: int = 10, mode: str = "auto",
-                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float | list[float] | tuple[float, ...] = 0.0) -> None:
+    def __init__(
+        self,
+        monitor: str = VAL_LOSS,
+        factor: float = 0.1,
+        patience: int = 10,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float | list[float] | tuple[float, ...] = 0.0,
+    ) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):
@@ -139,8 +146,14 @@ class ReduceLROnPlateau(Callback):
         self.mode = infer_mode(self.monitor, mode)
         min_lr = list(self.min_lr) if isinstance(self.min_lr, (list, tuple)) else self.min_lr
         self.scheduler = TorchReduceLROnPlateau(
-            trainer.optimizer, mode=self.mode, factor=self.factor, patience=self.patience,  # type: ignore[arg-type]
-            threshold=self.min_delta, threshold_mode="abs", cooldown=self.cooldown, min_lr=min_lr,
+            trainer.optimizer,
+            mode=self.mode,  # type: ignore[arg-type]  # "min" or "max": infer_mode returns nothing else
+            factor=self.factor,
+            patience=self.patience,
+            threshold=self.min_delta,
+            threshold_mode="abs",
+            cooldown=self.cooldown,
+            min_lr=min_lr,
         )
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
 """The monitored value shared by early stopping, LR-on-plateau and checkpointing."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ VAL_LOSS = DefaultMonitor("val_loss")
 
 
 def infer_mode(monitor: str, mode: str) -> str:
-    """"min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
+    """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
     if mode in ("min", "max"):
         return mode
     if mode != "auto":
@@ -30,9 +31,7 @@ def infer_mode(monitor: str, mode: str) -> str:
         return "max"
     if words & set(_MIN_WORDS):
         return "min"
-    raise ValueError(
-        f"cannot tell whether monitor={monitor!r} should be minimized or maximized: pass mode='min' or mode='max'"
-    )
+    raise ValueError(f"cannot tell whether monitor={monitor!r} should be minimized or maximized: pass mode='min' or mode='max'")
 
 
 def resolve_monitor(available: Sequence[str], monitor: str, owner: str) -> str:

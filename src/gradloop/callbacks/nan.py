@@ -1,4 +1,5 @@
 """TerminateOnNaN: stop at the first batch whose loss is NaN or infinite."""
+
 from __future__ import annotations
 
 import sys
@@ -42,5 +43,8 @@ class TerminateOnNaN(Callback):
         value = float(loss) if loss.numel() == 1 else "non-finite"
         trainer.should_stop = True
         trainer.stop_reason = trainer.stop_reason or "non-finite loss"
-        print(f"gradloop: non-finite loss ({value}) at epoch {self.stopped_epoch}, batch {self.stopped_batch} "
-              f"(global step {self.stopped_step}): training stops", file=sys.stderr)
+        print(
+            f"gradloop: non-finite loss ({value}) at epoch {self.stopped_epoch}, batch {self.stopped_batch} "
+            f"(global step {self.stopped_step}): training stops",
+            file=sys.stderr,
+        )

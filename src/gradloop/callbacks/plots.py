@@ -3,6 +3,7 @@
 matplotlib is imported inside the functions (it takes a while to import), and only its
 object-oriented API is used (`Figure` with the Agg canvas), so no pyplot state and no GUI backend.
 """
+
 from __future__ import annotations
 
 import io
@@ -114,8 +115,14 @@ def _fixed_margins(fig: "Figure", ncols: int, nrows: int) -> None:
     left, right, bottom, top = MARGINS
     width, height = PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows
     axes_w, axes_h = PANEL_SIZE[0] - left - right, PANEL_SIZE[1] - bottom - top
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=(left + right) / axes_w, hspace=(bottom + top) / axes_h)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=(left + right) / axes_w,
+        hspace=(bottom + top) / axes_h,
+    )
 
 
 def _label(name: str, title: str) -> str:

@@ -1,4 +1,5 @@
 """Progress display: a live rich bar on a terminal, one plain line per epoch everywhere else."""
+
 from __future__ import annotations
 
 import atexit
@@ -84,8 +85,12 @@ class ProgressBar(Callback):
         self._loss_sum, self._loss_count = 0.0, 0
         self._started = time.perf_counter()
         self._next_refresh = 0.0  # draw at the first batch
-        self._task = self._progress.add_task(f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}",
-                                             total=self._total, completed=self._batches, info=self._info(0.0))
+        self._task = self._progress.add_task(
+            f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}",
+            total=self._total,
+            completed=self._batches,
+            info=self._info(0.0),
+        )
         self._progress.start()
         atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
 
@@ -131,8 +136,13 @@ def _new_progress(stream: TextIO) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-        console=Console(file=stream, force_terminal=True), auto_refresh=False, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(file=stream, force_terminal=True),
+        auto_refresh=False,
+        transient=True,
         # prints to the terminal during the epoch go above the bar; a stdout piped to a file stays put
-        redirect_stdout=_is_terminal(sys.stdout), redirect_stderr=_is_terminal(sys.stderr),
+        redirect_stdout=_is_terminal(sys.stdout),
+        redirect_stderr=_is_terminal(sys.stderr),
     )

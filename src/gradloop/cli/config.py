@@ -4,6 +4,7 @@ Sections: `[data]`, `[model]`, `[train]`, `[callbacks.<name>]`. Unknown keys, wr
 out-of-range values are a `UsageError` naming the key (with a "did you mean" for typos).
 Reading, `--set` overrides and writing TOML live in `tomlfile.py`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 `load_raw` returns the samples as read (labels not yet encoded, features not yet scaled);
 `prepare.py` turns them into training arrays.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,7 @@ def load_raw(cfg: DataConfig) -> RawData:
     return raw
 
 
-def read_table(path: Path, target: str | None, kind: str | None = None, split: str = "train",
-               target_required: bool = True) -> Table:
+def read_table(path: Path, target: str | None, kind: str | None = None, split: str = "train", target_required: bool = True) -> Table:
     """One labelled (or, for predict, unlabelled) file of any supported kind."""
     kind = kind or kind_of(path)
     if kind == "csv":
@@ -75,8 +75,11 @@ def load_bundled(name: str) -> RawData:
     import sklearn.datasets as sk
 
     loader = {
-        "digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
-        "breast_cancer": sk.load_breast_cancer, "diabetes": sk.load_diabetes,
+        "digits": sk.load_digits,
+        "iris": sk.load_iris,
+        "wine": sk.load_wine,
+        "breast_cancer": sk.load_breast_cancer,
+        "diabetes": sk.load_diabetes,
     }[name]
     bunch = loader()
     X = bunch.images if name == "digits" else bunch.data

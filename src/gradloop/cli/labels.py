@@ -3,6 +3,7 @@
 Labels are compared as canonical text, so `3`, `"3"` and `3.0` are one class, and a run trained
 on a CSV with text labels answers with the same text.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +14,7 @@ from .errors import UsageError
 
 
 def infer_task(y: np.ndarray | None, requested: str, where: str) -> str:
-    """"classification" for integer or text labels, "regression" for float targets (or as requested)."""
+    """ "classification" for integer or text labels, "regression" for float targets (or as requested)."""
     if y is None:
         raise UsageError(f"{where}: no targets")
     y = np.asarray(y)

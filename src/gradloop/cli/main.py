@@ -3,6 +3,7 @@
 Exit codes: 0 success; 1 a check or training failed (e.g. `doctor` found a problem); 2 bad input
 (config, data, paths, arguments), reported as one line `gradloop: error: ...` on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradloop", description="Train, resume, evaluate and compare PyTorch runs.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="run `gradloop COMMAND --help` for a command's options and examples")
+    parser = _Parser(
+        prog="gradloop",
+        description="Train, resume, evaluate and compare PyTorch runs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `gradloop COMMAND --help` for a command's options and examples",
+    )
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"gradloop {__version__}")
@@ -75,12 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
 
     def overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a config value (a TOML value, e.g. train.lr=0.01); repeatable")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override a config value (a TOML value, e.g. train.lr=0.01); repeatable",
+        )
 
     p = command("demo", "train the embedded default: a small CNN on the bundled 8x8 digits")
     overrides(p)
@@ -97,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval", "evaluate a run's final model")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
-    p.add_argument("--data", metavar="CONFIG_OR_FILE",
-                   help="a config (its [data]) or a labelled CSV / .npz / IDX folder; default: the run's own data")
+    p.add_argument(
+        "--data", metavar="CONFIG_OR_FILE", help="a config (its [data]) or a labelled CSV / .npz / IDX folder; default: the run's own data"
+    )
 
     p = command("predict", "predict with a run's final model")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
@@ -170,8 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("GRADLOOP_DEBUG"):
             traceback.print_exc()
         else:
-            print(f"gradloop: error: {type(err).__name__}: {first_line(err)} (set GRADLOOP_DEBUG=1 for the traceback)",
-                  file=sys.stderr)
+            print(f"gradloop: error: {type(err).__name__}: {first_line(err)} (set GRADLOOP_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -4,6 +4,7 @@ A factory is called as `factory(input_shape, num_outputs, **model.options)` and 
 `nn.Module`. Built-in regression models end in `OutputScale`, so they learn standardized targets
 yet predict (and report losses) in the data's own units.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,8 +22,13 @@ from .errors import UsageError
 from .prepare import DataSpec
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
 }
 
 
@@ -127,8 +133,7 @@ def cnn(cfg: ModelConfig, input_shape: Sequence[int], num_outputs: int) -> nn.Se
     return nn.Sequential(*layers, nn.Flatten(), *dense, nn.Linear(features, num_outputs))
 
 
-def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, options: dict,
-                 search_paths: Sequence[Path] = ()) -> nn.Module:
+def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, options: dict, search_paths: Sequence[Path] = ()) -> nn.Module:
     """Imports `package.module:factory` (also from `search_paths`, e.g. the config's folder) and calls it."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

@@ -4,6 +4,7 @@ Everything learned from the training data (class names, feature means and scales
 `DataSpec`, saved as RUN_DIR/data.json, so that `eval`, `predict` and `resume` transform new
 inputs exactly as the run did.
 """
+
 from __future__ import annotations
 
 import json
@@ -144,8 +145,9 @@ def prepare(raw: RawData, cfg: DataConfig, seed: int, spec: DataSpec | None = No
             classes = raw.class_names or class_names([label_text(t.y, t.where) for t in tables if t.y is not None])
         x0 = np.asarray(raw.train.X)
         shape = [1] if x0.ndim == 1 else list(x0.shape[1:])
-        spec = DataSpec(raw.name, task, shape, len(classes) if classes else 1, classes,
-                        raw.train.features, cfg.target if raw.train.features else None)
+        spec = DataSpec(
+            raw.name, task, shape, len(classes) if classes else 1, classes, raw.train.features, cfg.target if raw.train.features else None
+        )
     y_all = spec.labels(raw.train.y, raw.train.where)
     train_idx, val_idx = np.arange(len(y_all)), None
     if raw.val is None and cfg.val_split > 0:

@@ -2,6 +2,7 @@
 
 Every problem is a `UsageError` naming the file: missing, unreadable, wrong columns, no rows.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,7 @@ class Table:
 
 
 def kind_of(path: Path) -> str:
-    """"csv", "npz", "npy" or "idx" (a folder or an `*-ubyte[.gz]` file); a UsageError otherwise."""
+    """ "csv", "npz", "npy" or "idx" (a folder or an `*-ubyte[.gz]` file); a UsageError otherwise."""
     if not path.exists():
         raise UsageError(f"data file {str(path)!r} does not exist")
     name = path.name.lower()
@@ -151,6 +152,7 @@ def read_npy(path: Path) -> Table:
 # ------------------------------------------------------------------------------------ IDX
 def idx_files(folder: Path, split: str) -> tuple[Path | None, Path | None]:
     """The images and labels files of `split` ("train" or "t10k") in an MNIST-style folder."""
+
     def find(kind: str) -> Path | None:
         matches = sorted(p for p in folder.iterdir() if p.name.startswith(f"{split}-{kind}") and "ubyte" in p.name)
         return matches[0] if matches else None

@@ -3,6 +3,7 @@
 `run.json` says what became of a run: "running" while `fit` trains, then "finished",
 "stopped early", "interrupted" or "failed" (with the stop reason or the error).
 """
+
 from __future__ import annotations
 
 import json
@@ -130,8 +131,18 @@ class RunRecorder(Callback):
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         self.started = True
-        write_run(self.run_dir, status="running", command=self.command, pid=os.getpid(), host=_host(),
-                  started=_now(), ended=None, stop_reason=None, error=None, config_dir=self.config_dir)
+        write_run(
+            self.run_dir,
+            status="running",
+            command=self.command,
+            pid=os.getpid(),
+            host=_host(),
+            started=_now(),
+            ended=None,
+            stop_reason=None,
+            error=None,
+            config_dir=self.config_dir,
+        )
 
     def finish(self, status: str, stop_reason: str | None = None, error: str | None = None) -> None:
         if self.started:

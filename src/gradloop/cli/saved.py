@@ -1,4 +1,5 @@
 """A run directory reopened: its config, data spec and trained model (for resume, eval, predict)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,7 @@ def open_run(run_dir: str | Path) -> SavedRun:
     config = load_config(path / CONFIG_FILE)
     spec = DataSpec.load(path / DATA_FILE)
     config_dir = read_run(path).get("config_dir")
-    return SavedRun(path, resolve_defaults(config, spec), spec,
-                    [Path(config_dir)] if config_dir else [])
+    return SavedRun(path, resolve_defaults(config, spec), spec, [Path(config_dir)] if config_dir else [])
 
 
 def weights_file(run: SavedRun) -> Path:
@@ -72,8 +72,16 @@ def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
         raise UsageError(f"{source}: weights do not load into the run's model: {first_line(err)}") from None
     train = run.config.train
     try:
-        trainer = Trainer(model, optimizer=train.optimizer, lr=train.lr, loss=train.loss, metrics=train.metrics,
-                          device=train.device, precision=train.precision, default_callbacks=False)
+        trainer = Trainer(
+            model,
+            optimizer=train.optimizer,
+            lr=train.lr,
+            loss=train.loss,
+            metrics=train.metrics,
+            device=train.device,
+            precision=train.precision,
+            default_callbacks=False,
+        )
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None
     return trainer, source

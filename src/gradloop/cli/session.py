@@ -4,6 +4,7 @@ All checks happen here, before any command writes a file: paths exist, the data 
 model builds and accepts the data, the monitored names will be logged. Failures are
 `UsageError`s naming the config key or file.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -123,9 +124,17 @@ def load_data(config: Config, spec: DataSpec | None = None, check_finite: bool =
     return prepare(load_raw(config.data), config.data, config.train.seed, spec, check_finite)
 
 
-def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = None,
-          search_paths: Sequence[Path] = (), data: Prepared | None = None, with_callbacks: bool = True,
-          default_callbacks: bool = True, extra_callbacks: Sequence[Any] = (), strict: bool = True) -> Session:
+def build(
+    config: Config,
+    run_dir: Path | None = None,
+    spec: DataSpec | None = None,
+    search_paths: Sequence[Path] = (),
+    data: Prepared | None = None,
+    with_callbacks: bool = True,
+    default_callbacks: bool = True,
+    extra_callbacks: Sequence[Any] = (),
+    strict: bool = True,
+) -> Session:
     """Loads the data, resolves defaults, builds (seeded) the model and the Trainer, and checks
     that model and data fit together. Writes nothing.
 
@@ -147,11 +156,22 @@ def build(config: Config, run_dir: Path | None = None, spec: DataSpec | None = N
     train = config.train
     try:
         trainer = Trainer(
-            model, optimizer=train.optimizer, lr=train.lr, loss=train.loss, metrics=train.metrics,
-            callbacks=[*(build_callbacks(config) if with_callbacks else []), *extra_callbacks], max_epochs=train.max_epochs,
-            max_steps=train.max_steps, device=train.device, precision=train.precision,
-            grad_clip_norm=train.grad_clip_norm, accumulate_grad_batches=train.accumulate_grad_batches,
-            seed=train.seed, run_dir=run_dir, optimizer_options=train.optimizer_options() or None, default_callbacks=default_callbacks,
+            model,
+            optimizer=train.optimizer,
+            lr=train.lr,
+            loss=train.loss,
+            metrics=train.metrics,
+            callbacks=[*(build_callbacks(config) if with_callbacks else []), *extra_callbacks],
+            max_epochs=train.max_epochs,
+            max_steps=train.max_steps,
+            device=train.device,
+            precision=train.precision,
+            grad_clip_norm=train.grad_clip_norm,
+            accumulate_grad_batches=train.accumulate_grad_batches,
+            seed=train.seed,
+            run_dir=run_dir,
+            optimizer_options=train.optimizer_options() or None,
+            default_callbacks=default_callbacks,
         )
     except (ValueError, TypeError) as err:
         raise UsageError(f"[train]: {first_line(err)}") from None

@@ -1,4 +1,5 @@
 """Text for people: the resolved settings, best epochs, final metrics, a run's metrics.csv."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Override values are parsed as TOML (`0.01`, `[64, 32]`, `true`, `"x"`); a value that is not valid
 TOML is taken as a string (`--set data.name=wine`).
 """
+
 from __future__ import annotations
 
 import sys

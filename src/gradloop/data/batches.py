@@ -13,6 +13,7 @@ rank runs the same number of batches, evaluation shards are not padded so that t
 metrics cover each sample exactly once. A user's own DataLoader is used as given: give it a
 `DistributedSampler` (the Trainer calls its `set_epoch`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
@@ -52,8 +53,16 @@ def as_tensor(array: Any, what: str) -> torch.Tensor:
 class TensorBatches:
     """Batches of in-memory tensors: one permutation per epoch, then index slicing."""
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int, shuffle: bool,
-                 device: torch.device, drop_last: bool = False, shard: tuple[int, int, bool] | None = None) -> None:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        batch_size: int,
+        shuffle: bool,
+        device: torch.device,
+        drop_last: bool = False,
+        shard: tuple[int, int, bool] | None = None,
+    ) -> None:
         self.num_samples = inputs.shape[0]
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(self.num_samples, self.rank, self.world_size, self.pad)
@@ -133,8 +142,7 @@ class OrderedBatchSampler(Sampler[list[int]]):
     gradloop sees the same samples in the same order as with `DataLoader(dataset, shuffle=True)`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False,
-                 shard: tuple[int, int, bool] | None = None) -> None:
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False, shard: tuple[int, int, bool] | None = None) -> None:
         self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(num_samples, self.rank, self.world_size, self.pad)
@@ -150,8 +158,11 @@ class OrderedBatchSampler(Sampler[list[int]]):
         if self.seed is None and self.world_size == 1:
             order = list(range(self.num_samples))
         else:
-            index = (torch.arange(self.num_samples) if self.seed is None
-                     else torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed)))
+            index = (
+                torch.arange(self.num_samples)
+                if self.seed is None
+                else torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed))
+            )
             order = distributed.shard_index(index, self.rank, self.world_size, self.pad).tolist()
         for b in range(self.start_batch, len(self)):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -165,8 +176,14 @@ class LoaderBatches:
     order as the uninterrupted run (at the cost of loading the skipped batches).
     """
 
-    def __init__(self, loader: DataLoader, device: torch.device, has_targets: bool = True,
-                 sampler: OrderedBatchSampler | None = None, shuffle: bool = False) -> None:
+    def __init__(
+        self,
+        loader: DataLoader,
+        device: torch.device,
+        has_targets: bool = True,
+        sampler: OrderedBatchSampler | None = None,
+        shuffle: bool = False,
+    ) -> None:
         self.loader = loader
         self.device = device
         self.has_targets = has_targets
@@ -268,8 +285,9 @@ def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
     return {"seed": seed}
 
 
-def make_batches(data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str,
-                 needs_targets: bool = True, shard: bool = False) -> Batches:
+def make_batches(
+    data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str, needs_targets: bool = True, shard: bool = False
+) -> Batches:
     """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages.
 
     `shard`: under torchrun, batch only this rank's part (padded to equal parts for "train").
@@ -314,8 +332,7 @@ def _split_arrays(data: Any, role: str, needs_targets: bool) -> tuple[torch.Tens
         raise ValueError(f"{role} data is empty (X has shape {tuple(inputs.shape)}): it needs at least one sample")
     if targets is not None and (targets.ndim == 0 or targets.shape[0] != inputs.shape[0]):
         raise ValueError(
-            f"{role} X has {inputs.shape[0]} samples but y has {targets.shape[0] if targets.ndim else 0}: "
-            "X and y need one row per sample"
+            f"{role} X has {inputs.shape[0]} samples but y has {targets.shape[0] if targets.ndim else 0}: X and y need one row per sample"
         )
     if inputs.is_floating_point() and not _all_finite(inputs):
         row = int((~torch.isfinite(inputs)).reshape(inputs.shape[0], -1).any(dim=1).nonzero()[0])

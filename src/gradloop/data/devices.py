@@ -1,4 +1,5 @@
 """Device and precision selection: where the model runs and in which number format."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "16": 
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto" (or None) picks cuda > mps > cpu; anything else must name an available device."""
+    """ "auto" (or None) picks cuda > mps > cpu; anything else must name an available device."""
     if device is None or (isinstance(device, str) and device == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())

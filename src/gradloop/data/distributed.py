@@ -6,6 +6,7 @@ torchrun's env:// rendezvous (NCCL on CUDA, Gloo otherwise), wraps the model in
 DistributedDataParallel for the training forward, shards the data it batches itself, all-reduces
 the metric sums once per pass, and leaves every file and every printed line to rank 0.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -62,8 +63,11 @@ def device_for_rank(requested: object, resolved: torch.device) -> torch.device:
     """Under torchrun, 'auto' on a CUDA machine (and a bare 'cuda') means cuda:LOCAL_RANK."""
     if not is_distributed() or resolved.type != "cuda":
         return resolved
-    bare = requested is None or requested in ("auto", "cuda") or (
-        isinstance(requested, torch.device) and requested.type == "cuda" and requested.index is None)
+    bare = (
+        requested is None
+        or requested in ("auto", "cuda")
+        or (isinstance(requested, torch.device) and requested.type == "cuda" and requested.index is None)
+    )
     return torch.device("cuda", world()[2]) if bare else resolved
 
 

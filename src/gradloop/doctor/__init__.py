@@ -28,6 +28,7 @@ A check that does not apply (no val data, a regression task) is listed in `repor
 
 Only this module loads with `import gradloop`; the checks load on the first call.
 """
+
 from __future__ import annotations
 
 import importlib

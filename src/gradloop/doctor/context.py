@@ -1,4 +1,5 @@
 """What every check sees: the working copy of the model, the data as tensors, the loss, settings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class Context:
         while True:
             order = usable[torch.randperm(usable.numel(), generator=generator)]
             for lo in range(0, order.numel() - n + 1, n):
-                rows = order[lo:lo + n]
+                rows = order[lo : lo + n]
                 yield train.X[rows].to(self.device), train.y[rows].to(self.device)  # type: ignore[index]
 
     def _usable(self) -> torch.Tensor:

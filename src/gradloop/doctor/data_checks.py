@@ -3,6 +3,7 @@
 Each check returns one `Check`, or raises `Skip` when it does not apply. Thresholds are named
 constants below, each with the reason for its value.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,15 +25,22 @@ LARGE_VALUE = 1e3  # |x| from which a default-initialized first layer saturates 
 
 def check_shapes(ctx: Context) -> Check:
     if ctx.load_error is not None:
-        return Check("data.shapes", "fail", ctx.load_error,
-                     "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches")
+        return Check(
+            "data.shapes",
+            "fail",
+            ctx.load_error,
+            "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches",
+        )
     assert ctx.train is not None
     splits = [s for s in (ctx.train, ctx.val) if s is not None]
     problems = [p for s in splits for p in _shape_problems(ctx, s)]
-    if ctx.val is not None and ctx.val.X is not None and ctx.train.X is not None \
-            and ctx.val.X.shape[1:] != ctx.train.X.shape[1:]:
-        problems.append((f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples "
-                         f"{tuple(ctx.train.X.shape[1:])}", "prepare val exactly like train"))
+    if ctx.val is not None and ctx.val.X is not None and ctx.train.X is not None and ctx.val.X.shape[1:] != ctx.train.X.shape[1:]:
+        problems.append(
+            (
+                f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples {tuple(ctx.train.X.shape[1:])}",
+                "prepare val exactly like train",
+            )
+        )
     described = "; ".join(_describe(s) for s in splits)
     if problems:
         return Check("data.shapes", "fail", "; ".join(p for p, _ in problems) + f" ({described})", problems[0][1])
@@ -58,8 +66,12 @@ def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
         return [(f"{role} X has {X.shape[0]} rows but y has {y.shape[0]}", "X and y need one row per sample, in the same order")]
     task = ctx.task
     if task == "classification" and y.is_floating_point():
-        return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels",
-                 "convert the labels with y.long() (or use loss='mse' for a regression target)")]
+        return [
+            (
+                f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels",
+                "convert the labels with y.long() (or use loss='mse' for a regression target)",
+            )
+        ]
     if task == "binary" and not y.is_floating_point():  # (mse & co. promote integer targets themselves)
         return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs float targets", "convert them with y.float()")]
     return []
@@ -80,14 +92,19 @@ def check_finite(ctx: Context) -> Check:
                 first = int(rows.nonzero()[0])
                 nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
                 where = _first_feature(bad[first]) if what == "X" else ""
-                findings.append(f"{split.role} {what} has {nan} NaN and {inf} Inf values in {int(rows.sum())} of "
-                                f"{tensor.shape[0]} rows (first at row {first}{where})")
+                findings.append(
+                    f"{split.role} {what} has {nan} NaN and {inf} Inf values in {int(rows.sum())} of "
+                    f"{tensor.shape[0]} rows (first at row {first}{where})"
+                )
             else:
                 clean.append(f"{split.role} {what}")
     if findings:
-        return Check("data.finite", "fail", "; ".join(findings),
-                     "impute or drop those rows before training (e.g. sklearn SimpleImputer); "
-                     "the model checks below use the finite rows only")
+        return Check(
+            "data.finite",
+            "fail",
+            "; ".join(findings),
+            "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only",
+        )
     return Check("data.finite", "pass", f"no NaN or Inf in {', '.join(clean) or 'the (integer) data'}")
 
 
@@ -101,22 +118,32 @@ def check_labels(ctx: Context) -> Check:
     train = ctx.need_labels()
     task = ctx.task
     if task not in ("classification", "binary"):
-        raise Skip("targets are " + ("class probabilities" if task == "probabilities" else "not class labels") +
-                   ", so there is no label range to check")
+        raise Skip(
+            "targets are "
+            + ("class probabilities" if task == "probabilities" else "not class labels")
+            + ", so there is no label range to check"
+        )
     if task == "binary":
         return _check_binary_targets(ctx)
     if ctx.n_outputs is None:
         raise Skip("the number of model outputs is unknown (see model.output)")
     classes = ctx.n_outputs
     if classes < 2:
-        return Check("data.labels", "fail", f"the model has {classes} output but {ctx.loss_name} needs one output per class",
-                     "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output")
+        return Check(
+            "data.labels",
+            "fail",
+            f"the model has {classes} output but {ctx.loss_name} needs one output per class",
+            "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output",
+        )
     ignore = getattr(ctx.loss_fn, "ignore_index", None)  # torch skips these labels (default -100)
-    problems = [label_range_problem(classes, s.y, s.role, ignore)
-                for s in (train, ctx.val) if s is not None and s.y is not None]
+    problems = [label_range_problem(classes, s.y, s.role, ignore) for s in (train, ctx.val) if s is not None and s.y is not None]
     if any(problems):
-        return Check("data.labels", "fail", "; ".join(p for p in problems if p),
-                     "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out")
+        return Check(
+            "data.labels",
+            "fail",
+            "; ".join(p for p in problems if p),
+            "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out",
+        )
     return Check("data.labels", "pass", f"all labels lie in [0, {classes}) for a model with {classes} outputs")
 
 
@@ -130,8 +157,12 @@ def _check_binary_targets(ctx: Context) -> Check:
         if finite.numel() and (float(finite.min()) < 0 or float(finite.max()) > 1):
             findings.append(f"{split.role} y ranges over [{float(finite.min()):.4g}, {float(finite.max()):.4g}]")
     if findings:
-        return Check("data.labels", "fail", "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]",
-                     "map the targets to 0/1 (e.g. y = (y == positive_label).float())")
+        return Check(
+            "data.labels",
+            "fail",
+            "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]",
+            "map the targets to 0/1 (e.g. y = (y == positive_label).float())",
+        )
     return Check("data.labels", "pass", f"all targets lie in [0, 1] as {ctx.loss_name} needs")
 
 
@@ -159,18 +190,28 @@ def check_balance(ctx: Context) -> Check:
     missing = [n for c, n in zip(counts, names) if c == 0]
     (low, low_name), (high, high_name) = min(present), max(present)
     ratio = high / low
-    evidence = (f"{len(present)} classes in {sum(counts)} training samples; smallest class {low_name}: {low}, "
-                f"largest class {high_name}: {high} (ratio {ratio:.1f})")
+    evidence = (
+        f"{len(present)} classes in {sum(counts)} training samples; smallest class {low_name}: {low}, "
+        f"largest class {high_name}: {high} (ratio {ratio:.1f})"
+    )
     if missing:
         which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {listed(missing)} have"
-        return Check("data.balance", "warn", f"{which} no training samples; {evidence}",
-                     "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs")
+        return Check(
+            "data.balance",
+            "warn",
+            f"{which} no training samples; {evidence}",
+            "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs",
+        )
     if ratio >= IMBALANCE_RATIO:
         total, k = sum(counts), len(counts)
         weights = ", ".join(f"{total / (k * c):.3g}" for c in counts)
         hint = weight_hint.format(weights) if "{}" in weight_hint else weight_hint
-        return Check("data.balance", "warn", evidence,
-                     f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy")
+        return Check(
+            "data.balance",
+            "warn",
+            evidence,
+            f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy",
+        )
     return Check("data.balance", "pass", evidence)
 
 
@@ -183,16 +224,21 @@ def check_leakage(ctx: Context) -> Check:
         raise Skip("train and val inputs cannot be compared row by row (see data.shapes)")
     shared, train_duplicates = shared_rows(train.X.numpy(), val.X.numpy())
     count, total = int(shared.sum()), val.X.shape[0]
-    evidence = (f"{count} of {total} val rows ({100 * count / total:.1f}%) also occur in the training data "
-                f"(the training data repeats {train_duplicates} of its own rows)")
+    evidence = (
+        f"{count} of {total} val rows ({100 * count / total:.1f}%) also occur in the training data "
+        f"(the training data repeats {train_duplicates} of its own rows)"
+    )
     if count == 0:
         return Check("data.leakage", "pass", evidence)
     if count >= max(LEAK_FAIL_MIN_ROWS, LEAK_FAIL_FRACTION * total):
-        return Check("data.leakage", "fail", evidence,
-                     "split before augmenting or oversampling and deduplicate (np.unique(X, axis=0)): "
-                     "validation scores on seen rows overstate generalization")
-    return Check("data.leakage", "warn", evidence,
-                 "a few shared rows can be natural duplicates; drop them from val for a clean estimate")
+        return Check(
+            "data.leakage",
+            "fail",
+            evidence,
+            "split before augmenting or oversampling and deduplicate (np.unique(X, axis=0)): "
+            "validation scores on seen rows overstate generalization",
+        )
+    return Check("data.leakage", "warn", evidence, "a few shared rows can be natural duplicates; drop them from val for a clean estimate")
 
 
 def shared_rows(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, int]:
@@ -261,13 +307,21 @@ def check_variance(ctx: Context) -> Check:
     constant = np.flatnonzero(table.max(axis=0) == table.min(axis=0))
     n = table.shape[1]
     if len(constant) == n:
-        return Check("data.variance", "fail", f"all {n} features are constant over {table.shape[0]} training rows",
-                     "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)")
+        return Check(
+            "data.variance",
+            "fail",
+            f"all {n} features are constant over {table.shape[0]} training rows",
+            "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)",
+        )
     if len(constant):
         which = ("feature " if len(constant) == 1 else "features ") + listed(constant.tolist())
         verb = "is" if len(constant) == 1 else "are"
-        return Check("data.variance", "warn", f"{len(constant)} of {n} features {verb} constant ({which})",
-                     "drop them: they carry no information (harmless for image borders)")
+        return Check(
+            "data.variance",
+            "warn",
+            f"{len(constant)} of {n} features {verb} constant ({which})",
+            "drop them: they carry no information (harmless for image borders)",
+        )
     return Check("data.variance", "pass", f"all {n} features vary (smallest std {std.min():.3g})")
 
 
@@ -280,11 +334,17 @@ def check_scale(ctx: Context) -> Check:
     ratio = std[high] / std[low]
     biggest = np.abs(table).max(axis=0)
     top = int(np.argmax(biggest))
-    evidence = (f"feature stds range from {std[low]:.3g} (feature {low}) to {std[high]:.3g} (feature {high}), "
-                f"ratio {ratio:.3g}; largest |value| {biggest[top]:.3g} (feature {top})")
+    evidence = (
+        f"feature stds range from {std[low]:.3g} (feature {low}) to {std[high]:.3g} (feature {high}), "
+        f"ratio {ratio:.3g}; largest |value| {biggest[top]:.3g} (feature {top})"
+    )
     if ratio >= SCALE_RATIO or biggest[top] >= LARGE_VALUE:
-        return Check("data.scale", "warn", evidence,
-                     "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val")
+        return Check(
+            "data.scale",
+            "warn",
+            evidence,
+            "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val",
+        )
     return Check("data.scale", "pass", evidence)
 
 

@@ -5,6 +5,7 @@ batch, up to `max_samples` samples. When a loader's inputs are not tensors (dict
 sequences), a few of its batches are kept as given: the model checks still run on them, the
 per-feature data checks do not.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,8 +58,9 @@ def read(data: Any, role: str, max_samples: int) -> Arrays:
         raise DataError(f"{role} data has inputs but no targets: pass a pair (X, y)")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         of_length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
-        raise DataError(f"{role} data must be a pair (X, y) of tensors or arrays, a Dataset or a DataLoader; "
-                        f"received {type(data).__name__}{of_length}")
+        raise DataError(
+            f"{role} data must be a pair (X, y) of tensors or arrays, a Dataset or a DataLoader; received {type(data).__name__}{of_length}"
+        )
     try:
         X, y = as_tensor(data[0], f"{role} X"), as_tensor(data[1], f"{role} y")
     except TypeError as err:
@@ -89,7 +91,8 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
     total = _dataset_size(loader)
     note = f"first {count} of {total} samples" if total is not None and count < total else ""
     stackable = all(isinstance(x, torch.Tensor) for x in xs) and (
-        all(isinstance(y, torch.Tensor) for y in ys) or all(y is None for y in ys))
+        all(isinstance(y, torch.Tensor) for y in ys) or all(y is None for y in ys)
+    )
     if stackable:
         try:
             X = torch.cat([x.detach().cpu().reshape(x.shape if x.ndim else (1,)) for x in xs])
@@ -126,4 +129,3 @@ def _dataset_size(loader: DataLoader) -> int | None:
         return len(loader.dataset)  # type: ignore[arg-type]
     except TypeError:
         return None
-

@@ -1,5 +1,6 @@
 """Checks of the untrained model against the data and the loss: shapes, final activation,
 initial loss vs. chance, and train/eval consistency. All run without gradients."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,15 @@ CHANCE_SAMPLES = 1024  # rows averaged for the initial loss
 FIT_ADVICE = "Trainer.fit refuses to start on this too; the checks that train are skipped until it is fixed"
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-_BOUNDS = {nn.Sigmoid: (0.0, 1.0), nn.Softmax: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.ReLU: (0.0, math.inf),
-           nn.Softplus: (0.0, math.inf), nn.Hardsigmoid: (0.0, 1.0), nn.Hardtanh: (-1.0, 1.0)}
+_BOUNDS = {
+    nn.Sigmoid: (0.0, 1.0),
+    nn.Softmax: (0.0, 1.0),
+    nn.Tanh: (-1.0, 1.0),
+    nn.ReLU: (0.0, math.inf),
+    nn.Softplus: (0.0, math.inf),
+    nn.Hardsigmoid: (0.0, 1.0),
+    nn.Hardtanh: (-1.0, 1.0),
+}
 
 
 def check_output(ctx: Context) -> Check:
@@ -56,8 +64,10 @@ def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
     try:
         loss = ctx.loss_fn(out, y)
     except Exception as err:
-        return (f"the loss fails on outputs {shape_of(out)} and targets {shape_of(y)}: {type(err).__name__}: {first_line(err)}; "
-                "make the outputs and targets fit the loss (see its documentation)")
+        return (
+            f"the loss fails on outputs {shape_of(out)} and targets {shape_of(y)}: {type(err).__name__}: {first_line(err)}; "
+            "make the outputs and targets fit the loss (see its documentation)"
+        )
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = shape_of(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
         return f"the loss returns {got}, not a scalar: reduce it to a scalar, e.g. with .mean()"
@@ -67,8 +77,11 @@ def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
 def _last_module(ctx: Context, x: Any) -> tuple[str, nn.Module | None, torch.Tensor]:
     """Runs the model once (eval, no grad) and names the leaf module whose output is the model's output."""
     calls: list[tuple[str, nn.Module, Any]] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append((name, mod, out)))
-               for name, m in ctx.model.named_modules() if not list(m.children())]
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: calls.append((name, mod, out)))
+        for name, m in ctx.model.named_modules()
+        if not list(m.children())
+    ]
     try:
         out = ctx.forward(x)
     finally:
@@ -97,48 +110,84 @@ def check_loss_fit(ctx: Context) -> Check:
     loss = ctx.loss_name
     if loss == "cross_entropy":
         if isinstance(last, (nn.Softmax, nn.Softmin)) or probs:
-            return Check("model.loss_fit", "fail", f"outputs already sum to 1 per row ({final}), but cross_entropy "
-                         "applies log-softmax itself: gradients vanish and the loss cannot approach 0",
-                         "remove the final Softmax and return raw logits; apply softmax only when reading probabilities")
+            return Check(
+                "model.loss_fit",
+                "fail",
+                f"outputs already sum to 1 per row ({final}), but cross_entropy "
+                "applies log-softmax itself: gradients vanish and the loss cannot approach 0",
+                "remove the final Softmax and return raw logits; apply softmax only when reading probabilities",
+            )
         if isinstance(last, (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh)):
-            return Check("model.loss_fit", "fail", f"the {final} squashes the logits into [{low:.2g}, {high:.2g}] before "
-                         "cross_entropy: the model cannot become confident", "remove the final activation and return raw logits")
+            return Check(
+                "model.loss_fit",
+                "fail",
+                f"the {final} squashes the logits into [{low:.2g}, {high:.2g}] before cross_entropy: the model cannot become confident",
+                "remove the final activation and return raw logits",
+            )
         if isinstance(last, nn.LogSoftmax) or logprobs:
-            return Check("model.loss_fit", "warn", f"outputs are already log-probabilities ({final}); cross_entropy applies "
-                         "log-softmax again (harmless but redundant)", "drop the LogSoftmax, or use loss='nll' to make it explicit")
+            return Check(
+                "model.loss_fit",
+                "warn",
+                f"outputs are already log-probabilities ({final}); cross_entropy applies log-softmax again (harmless but redundant)",
+                "drop the LogSoftmax, or use loss='nll' to make it explicit",
+            )
         if isinstance(last, (nn.ReLU, nn.Softplus)):
-            return Check("model.loss_fit", "warn", f"a {final} clips the logits at 0: a class cannot be voted down",
-                         "remove the final activation and return raw logits")
-        return Check("model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), "
-                     "as cross_entropy expects")
+            return Check(
+                "model.loss_fit",
+                "warn",
+                f"a {final} clips the logits at 0: a class cannot be voted down",
+                "remove the final activation and return raw logits",
+            )
+        return Check(
+            "model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), as cross_entropy expects"
+        )
     if loss == "nll":
         if logprobs:
             return Check("model.loss_fit", "pass", "outputs are log-probabilities, as nll expects")
         what = "probabilities" if probs else "not log-probabilities (exp(outputs) rows do not sum to 1)"
-        return Check("model.loss_fit", "fail", f"nll needs log-probabilities but the outputs are {what} ({final})",
-                     "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits")
+        return Check(
+            "model.loss_fit",
+            "fail",
+            f"nll needs log-probabilities but the outputs are {what} ({final})",
+            "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits",
+        )
     if loss == "bce_with_logits":
         if isinstance(last, (nn.Sigmoid, nn.Hardsigmoid)):
-            return Check("model.loss_fit", "fail", f"the {final} already maps outputs to [0, 1], and bce_with_logits applies "
-                         "a sigmoid again: the loss cannot approach 0", "remove the final Sigmoid (or use loss='bce')")
+            return Check(
+                "model.loss_fit",
+                "fail",
+                f"the {final} already maps outputs to [0, 1], and bce_with_logits applies a sigmoid again: the loss cannot approach 0",
+                "remove the final Sigmoid (or use loss='bce')",
+            )
         if unit and out.numel() >= 8:
-            return Check("model.loss_fit", "warn", f"all outputs lie in [{low:.3g}, {high:.3g}]: they look like probabilities, "
-                         "but bce_with_logits expects raw logits", "return raw scores; the loss applies the sigmoid itself")
+            return Check(
+                "model.loss_fit",
+                "warn",
+                f"all outputs lie in [{low:.3g}, {high:.3g}]: they look like probabilities, but bce_with_logits expects raw logits",
+                "return raw scores; the loss applies the sigmoid itself",
+            )
         return Check("model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects")
     if loss == "bce":
         if not unit:
-            return Check("model.loss_fit", "fail", f"bce needs probabilities in [0, 1] but outputs range over [{low:.3g}, {high:.3g}]",
-                         "use loss='bce_with_logits' on raw scores (numerically safer than Sigmoid + bce)")
+            return Check(
+                "model.loss_fit",
+                "fail",
+                f"bce needs probabilities in [0, 1] but outputs range over [{low:.3g}, {high:.3g}]",
+                "use loss='bce_with_logits' on raw scores (numerically safer than Sigmoid + bce)",
+            )
         return Check("model.loss_fit", "pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
-        return Check("model.loss_fit", "fail", f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
-                     f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
-                     "remove the final activation for a regression target (or rescale the targets into its range)")
-    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), "
-                 f"fine for {loss}")
+        return Check(
+            "model.loss_fit",
+            "fail",
+            f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
+            f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
+            "remove the final activation for a regression target (or rescale the targets into its range)",
+        )
+    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
 
 
 def check_initial_loss(ctx: Context) -> Check:
@@ -151,17 +200,28 @@ def check_initial_loss(ctx: Context) -> Check:
     if not math.isfinite(loss):
         return Check("model.initial_loss", "fail", f"the initial loss is {loss}", "see train.nan_origin for the module that produces it")
     if chance <= 0:
-        return Check("model.initial_loss", "warn", f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})",
-                     "a constant target needs no model: check the labels")
+        return Check(
+            "model.initial_loss",
+            "warn",
+            f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})",
+            "a constant target needs no model: check the labels",
+        )
     ratio = loss / chance
     evidence = f"initial loss {loss:.4g} vs chance level {chance:.4g} ({how}): ratio {ratio:.2f}"
     if ratio > INITIAL_HIGH:
-        advice = ("standardize y, or initialize the last layer's bias to mean(y)" if ctx.task == "regression" else
-                  "the untrained model is confidently wrong: standardize the inputs and shrink the last layer's initial weights")
+        advice = (
+            "standardize y, or initialize the last layer's bias to mean(y)"
+            if ctx.task == "regression"
+            else "the untrained model is confidently wrong: standardize the inputs and shrink the last layer's initial weights"
+        )
         return Check("model.initial_loss", "warn", evidence, advice)
     if ratio < INITIAL_LOW:
-        return Check("model.initial_loss", "warn", evidence,
-                     "an untrained model should not beat chance: check that the inputs do not contain the target")
+        return Check(
+            "model.initial_loss",
+            "warn",
+            evidence,
+            "an untrained model should not beat chance: check that the inputs do not contain the target",
+        )
     return Check("model.initial_loss", "pass", evidence)
 
 
@@ -191,20 +251,33 @@ def check_train_eval(ctx: Context) -> Check:
         raise Skip("the model does not return a tensor (see model.output)")
     tolerance = 1e-5 * (1 + float(first.abs().max()))
     if float((first - second).abs().max()) > tolerance:
-        return Check("model.train_eval", "warn", f"eval-mode outputs change between two identical calls (max difference "
-                     f"{float((first - second).abs().max()):.3g}): something random runs in eval mode",
-                     "use nn.Dropout modules, or pass training=self.training to F.dropout")
+        return Check(
+            "model.train_eval",
+            "warn",
+            f"eval-mode outputs change between two identical calls (max difference "
+            f"{float((first - second).abs().max()):.3g}): something random runs in eval mode",
+            "use nn.Dropout modules, or pass training=self.training to F.dropout",
+        )
     difference = float((training - first).abs().max())
     explained = [f"{type(m).__name__}('{n}')" for n, m in ctx.model.named_modules() if _mode_dependent(m)]
     if difference > tolerance and not explained:
-        return Check("model.train_eval", "warn", f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-                     "but the model has no dropout or batch-norm module to explain it",
-                     "look for code that branches on self.training or keeps state between forward calls")
+        return Check(
+            "model.train_eval",
+            "warn",
+            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
+            "but the model has no dropout or batch-norm module to explain it",
+            "look for code that branches on self.training or keeps state between forward calls",
+        )
     if difference > tolerance:
-        return Check("model.train_eval", "pass", f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-                     f"explained by {', '.join(explained[:4])}{' ...' if len(explained) > 4 else ''}")
-    return Check("model.train_eval", "pass", "train- and eval-mode outputs agree" +
-                 (" (no dropout or batch-norm module)" if not explained else ""))
+        return Check(
+            "model.train_eval",
+            "pass",
+            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
+            f"explained by {', '.join(explained[:4])}{' ...' if len(explained) > 4 else ''}",
+        )
+    return Check(
+        "model.train_eval", "pass", "train- and eval-mode outputs agree" + (" (no dropout or batch-norm module)" if not explained else "")
+    )
 
 
 def _mode_dependent(module: nn.Module) -> bool:

@@ -1,4 +1,5 @@
 """Leave no trace: snapshots of a model's tensors, flags and modes (the RNGs: `util.preserved_rng`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,4 +53,3 @@ class ModelSnapshot:
 
 def is_lazy(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, nn.parameter.UninitializedTensorMixin)
-

@@ -11,6 +11,7 @@ less noisy than "the steepest descent" (also reported, as `steepest_lr`) on shor
 smoothed loss never falls below 90% of where it started, there is no suggestion (None): the
 model does not learn at any rate, a bug the overfit check explains better.
 """
+
 from __future__ import annotations
 
 import io
@@ -156,8 +157,9 @@ def _result(lrs: list[float], losses: list[float], smoothed: list[float], diverg
         slopes = np.gradient(finite[: lowest + 1], np.log(lrs[: lowest + 1]))
         steepest = lrs[int(np.argmin(slopes))]
     learned = finite[lowest] < NO_PROGRESS * start
-    return LRFindResult(lrs, losses, smoothed, lrs[lowest] / 10 if learned else None,
-                        min_loss_lr=lrs[lowest], steepest_lr=steepest, diverged_lr=diverged)
+    return LRFindResult(
+        lrs, losses, smoothed, lrs[lowest] / 10 if learned else None, min_loss_lr=lrs[lowest], steepest_lr=steepest, diverged_lr=diverged
+    )
 
 
 def current_lr(ctx: Context) -> float | None:
@@ -179,9 +181,13 @@ def check_lr(ctx: Context) -> Check:
     ctx.lr_result = result
     yours = result.current_lr
     if result.suggestion is None:
-        return Check("train.lr_find", "warn", f"the loss did not fall below {100 * NO_PROGRESS:.0f}% of its start at any LR "
-                     f"from {settings.lr_find_start:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
-                     "the model does not learn at any rate: see train.overfit and train.gradients")
+        return Check(
+            "train.lr_find",
+            "warn",
+            f"the loss did not fall below {100 * NO_PROGRESS:.0f}% of its start at any LR "
+            f"from {settings.lr_find_start:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
+            "the model does not learn at any rate: see train.overfit and train.gradients",
+        )
     evidence = f"loss lowest at lr {result.min_loss_lr:.2g}"
     if result.diverged_lr is not None:
         evidence += f", diverges from {result.diverged_lr:.2g}"

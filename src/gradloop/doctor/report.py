@@ -1,4 +1,5 @@
 """The doctor's findings: one `Check` per test, gathered in a `DoctorReport`."""
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ class DoctorReport:
     def summary(self) -> str:
         counts = {s: sum(c.status == s for c in self.checks) for s in STATUSES}
         verdict = "OK" if self.ok else "PROBLEMS FOUND"
-        return (f"gradloop doctor: {verdict} - {counts['fail']} failed, {counts['warn']} warnings, "
-                f"{counts['pass']} passed ({self.seconds:.1f} s)")
+        return (
+            f"gradloop doctor: {verdict} - {counts['fail']} failed, {counts['warn']} warnings, "
+            f"{counts['pass']} passed ({self.seconds:.1f} s)"
+        )
 
     def __str__(self) -> str:
         """A plain aligned table: status, check name, then evidence and (for non-passing checks) advice."""

@@ -1,4 +1,5 @@
 """What `doctor(...)` and `lr_find(...)` run on: a working copy of the model, the data, the selected checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,17 @@ CHECK_NAMES = tuple(name for name, _ in CHECKS)
 
 
 @contextlib.contextmanager
-def session(model: nn.Module, data: Any, loss: str | LossFn, val: Any, optimizer: OptimizerSpec, lr: float | None,
-             batch_size: int, device: str | torch.device, settings: Settings) -> Iterator[Context]:
+def session(
+    model: nn.Module,
+    data: Any,
+    loss: str | LossFn,
+    val: Any,
+    optimizer: OptimizerSpec,
+    lr: float | None,
+    batch_size: int,
+    device: str | torch.device,
+    settings: Settings,
+) -> Iterator[Context]:
     """Checks the arguments, then yields a Context over a working copy; restores everything on exit."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -46,9 +56,17 @@ def session(model: nn.Module, data: Any, loss: str | LossFn, val: Any, optimizer
     with preserved_rng(settings.seed), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. torch's broadcasting warning: the checks report such problems
         with _working_copy(model, resolved) as (work, where):
-            ctx = Context(model=work, initial=ModelSnapshot.capture(work), loss_fn=_on_device(loss_fn, where),
-                          loss_name=loss_name, optimizer=optimizer, lr=lr,
-                          device=where, batch_size=batch_size, settings=settings)
+            ctx = Context(
+                model=work,
+                initial=ModelSnapshot.capture(work),
+                loss_fn=_on_device(loss_fn, where),
+                loss_name=loss_name,
+                optimizer=optimizer,
+                lr=lr,
+                device=where,
+                batch_size=batch_size,
+                settings=settings,
+            )
             ctx.param_map = {id(p): q for p, q in zip(model.parameters(), work.parameters())}
             _load(ctx, data, val)
             for step in (_probe, _select_usable, _check_fit):
@@ -109,8 +127,11 @@ def _probe(ctx: Context) -> None:
     if train is None:
         return
     if train.X is not None:
-        finite = torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1) if train.X.is_floating_point() \
+        finite = (
+            torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1)
+            if train.X.is_floating_point()
             else torch.ones(train.X.shape[0], dtype=torch.bool)
+        )
         rows = finite.nonzero().reshape(-1)[:2]
         if rows.numel() == 0:
             return
@@ -167,8 +188,12 @@ def run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
     except Skip as reason:
         return str(reason)
     except Exception as err:
-        return Check(name, "fail", f"the check raised {_error_line(err)}",
-                     "the model or data breaks on this step; a training run would hit the same error")
+        return Check(
+            name,
+            "fail",
+            f"the check raised {_error_line(err)}",
+            "the model or data breaks on this step; a training run would hit the same error",
+        )
 
 
 def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
@@ -185,17 +210,28 @@ def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
     return [c for c in CHECKS if c in chosen]  # always in the documented order
 
 
-def make_settings(seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int,
-              max_samples: int) -> Settings:
-    for name, value in (("overfit_steps", overfit_steps), ("overfit_samples", overfit_samples),
-                        ("lr_find_steps", lr_find_steps), ("max_samples", max_samples)):
+def make_settings(
+    seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int, max_samples: int
+) -> Settings:
+    for name, value in (
+        ("overfit_steps", overfit_steps),
+        ("overfit_samples", overfit_samples),
+        ("lr_find_steps", lr_find_steps),
+        ("max_samples", max_samples),
+    ):
         positive_int(name, value)
     if isinstance(overfit_lr, bool) or not isinstance(overfit_lr, (int, float)) or not overfit_lr > 0:
         raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={overfit_lr!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-    return Settings(overfit_steps=overfit_steps, overfit_samples=overfit_samples, overfit_lr=float(overfit_lr),
-                    lr_find_steps=lr_find_steps, max_samples=max_samples, seed=seed)
+    return Settings(
+        overfit_steps=overfit_steps,
+        overfit_samples=overfit_samples,
+        overfit_lr=float(overfit_lr),
+        lr_find_steps=lr_find_steps,
+        max_samples=max_samples,
+        seed=seed,
+    )
 
 
 def positive_int(name: str, value: Any) -> None:

@@ -1,5 +1,6 @@
 """Checks that run backward passes and optimizer steps: gradient flow, where NaN/Inf comes from,
 and whether the model can overfit one small batch."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,12 @@ def check_gradients(ctx: Context) -> Check:
     trainable = [(n, p) for n, p in named if p.requires_grad]
     frozen = [n for n, p in named if not p.requires_grad]
     if not trainable:
-        return Check("train.gradients", "fail", f"the model has no trainable parameters (all {len(named)} are frozen)",
-                     "unfreeze the layers to train with p.requires_grad_(True)")
+        return Check(
+            "train.gradients",
+            "fail",
+            f"the model has no trainable parameters (all {len(named)} are frozen)",
+            "unfreeze the layers to train with p.requires_grad_(True)",
+        )
     loss = ctx.loss_fn(ctx.model(x), y)
     if not bool(torch.isfinite(loss)):
         raise Skip("the loss is not finite, so gradients are meaningless (see train.nan_origin)")
@@ -35,21 +40,33 @@ def check_gradients(ctx: Context) -> Check:
     broken = [n for n, p in trainable if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     zero = [n for n, p in trainable if p.grad is not None and n not in broken and not bool(p.grad.any())]
     frozen_note = f"; frozen (requires_grad=False): {listed(frozen)}" if frozen else ""
-    problems = [f"{what}: {listed(names)}" for what, names in (
-        ("no gradient (unused, or cut off by .detach(), .data, .item() or torch.no_grad())", missing),
-        ("zero gradient (multiplied by 0, or dead units)", zero),
-        ("NaN/Inf gradient", broken)) if names]
+    problems = [
+        f"{what}: {listed(names)}"
+        for what, names in (
+            ("no gradient (unused, or cut off by .detach(), .data, .item() or torch.no_grad())", missing),
+            ("zero gradient (multiplied by 0, or dead units)", zero),
+            ("NaN/Inf gradient", broken),
+        )
+        if names
+    ]
     if problems:
-        return Check("train.gradients", "fail",
-                     f"{sum(map(len, (missing, zero, broken)))} of {len(trainable)} trainable parameters get no usable gradient - "
-                     + "; ".join(problems) + frozen_note,
-                     "every layer must be on the path from input to loss without .detach()/.data/no_grad; "
-                     "remove layers forward() never uses")
+        return Check(
+            "train.gradients",
+            "fail",
+            f"{sum(map(len, (missing, zero, broken)))} of {len(trainable)} trainable parameters get no usable gradient - "
+            + "; ".join(problems)
+            + frozen_note,
+            "every layer must be on the path from input to loss without .detach()/.data/no_grad; remove layers forward() never uses",
+        )
     weights = sum(p.numel() for _, p in trainable)
     evidence = f"all {len(trainable)} trainable parameters ({weights:,} weights) get finite, non-zero gradients"
     if frozen:
-        return Check("train.gradients", "warn", evidence + frozen_note,
-                     "frozen on purpose (fine-tuning)? then ignore this; otherwise p.requires_grad_(True)")
+        return Check(
+            "train.gradients",
+            "warn",
+            evidence + frozen_note,
+            "frozen on purpose (fine-tuning)? then ignore this; otherwise p.requires_grad_(True)",
+        )
     return Check("train.gradients", "pass", evidence)
 
 
@@ -74,27 +91,48 @@ def check_nan_origin(ctx: Context) -> Check:
         if trace.forward:
             name, module, inputs_finite, caller = trace.forward[0]
             if not inputs_finite:  # the value went bad in plain code between module calls
-                origin = (f"plain code in the forward() of {_label(caller, ctx.model.get_submodule(caller))}: "
-                          f"{_label(name, module)} already received NaN/Inf")
+                origin = (
+                    f"plain code in the forward() of {_label(caller, ctx.model.get_submodule(caller))}: "
+                    f"{_label(name, module)} already received NaN/Inf"
+                )
             elif any(True for _ in module.children()):
                 origin = f"plain code in the forward() of {_label(name, module)} (none of its submodules output NaN/Inf)"
             else:
                 origin = f"{_label(name, module)}, from finite inputs"
             if bool(torch.isfinite(loss)):
-                return Check("train.nan_origin", "warn", f"forward pass: {origin} outputs NaN/Inf, yet the loss is finite",
-                             "masked NaN still poisons gradients: guard the operation (clamp before log/sqrt, add eps to divisors)")
-            return Check("train.nan_origin", "fail", f"forward pass: the first NaN/Inf comes from {origin}",
-                         "guard the operation: clamp before log/sqrt (x.clamp_min(1e-8)), add eps to divisors, lower the input scale")
+                return Check(
+                    "train.nan_origin",
+                    "warn",
+                    f"forward pass: {origin} outputs NaN/Inf, yet the loss is finite",
+                    "masked NaN still poisons gradients: guard the operation (clamp before log/sqrt, add eps to divisors)",
+                )
+            return Check(
+                "train.nan_origin",
+                "fail",
+                f"forward pass: the first NaN/Inf comes from {origin}",
+                "guard the operation: clamp before log/sqrt (x.clamp_min(1e-8)), add eps to divisors, lower the input scale",
+            )
         if not bool(torch.isfinite(loss)):
-            return Check("train.nan_origin", "fail", f"forward pass: every module output is finite, but the loss is {loss.detach().item()}",
-                         "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)")
+            return Check(
+                "train.nan_origin",
+                "fail",
+                f"forward pass: every module output is finite, but the loss is {loss.detach().item()}",
+                "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)",
+            )
         loss.backward()
     origin = _backward_origin(ctx.model, trace)
     if origin is not None:
-        return Check("train.nan_origin", "fail", f"backward pass (the forward pass is finite): {origin}",
-                     "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps")
-    return Check("train.nan_origin", "pass", f"forward and backward passes are finite on a batch of {length(x)} "
-                 "(every module's output and gradient checked)")
+        return Check(
+            "train.nan_origin",
+            "fail",
+            f"backward pass (the forward pass is finite): {origin}",
+            "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps",
+        )
+    return Check(
+        "train.nan_origin",
+        "pass",
+        f"forward and backward passes are finite on a batch of {length(x)} (every module's output and gradient checked)",
+    )
 
 
 class _hooks:
@@ -121,6 +159,7 @@ class _hooks:
             self.stack.append(name)
             for tensor in _tensors(inputs):
                 self._watch_grad(tensor, name, "in")
+
         return hook
 
     def _post(self, name: str) -> Callable[..., None]:
@@ -133,6 +172,7 @@ class _hooks:
                 self.trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), caller))
             for tensor in outputs:
                 self._watch_grad(tensor, name, "out")
+
         return hook
 
     def _watch_grad(self, tensor: torch.Tensor, name: str, kind: str) -> None:
@@ -148,8 +188,7 @@ def _backward_origin(model: nn.Module, trace: _Trace) -> str | None:
     for _, name, kind, finite in trace.backward:
         if kind == "out":
             out_finite[name] = out_finite.get(name, True) and finite
-    candidates = [(key, name) for key, name, kind, finite in trace.backward
-                  if kind == "in" and not finite and out_finite.get(name, True)]
+    candidates = [(key, name) for key, name, kind, finite in trace.backward if kind == "in" and not finite and out_finite.get(name, True)]
     if candidates:
         # A container and its first child see the same input tensor: name the innermost one.
         first = candidates[0][0]
@@ -188,21 +227,32 @@ def check_overfit(ctx: Context) -> Check:
         if steps % 10 == 0 or steps == settings.overfit_steps:  # one host sync per 10 steps
             value = loss.detach().item()
             if not math.isfinite(value):
-                return Check("train.overfit", "fail", f"the loss became {value} after {steps} steps of Adam(lr={settings.overfit_lr:g}) "
-                             f"on one batch of {length(x)}", "see train.nan_origin; lower the learning rate or clip gradients")
+                return Check(
+                    "train.overfit",
+                    "fail",
+                    f"the loss became {value} after {steps} steps of Adam(lr={settings.overfit_lr:g}) on one batch of {length(x)}",
+                    "see train.nan_origin; lower the learning rate or clip gradients",
+                )
             if value < 1e-3 * start:
                 break
     end = _eval_loss(ctx, x, y)
-    evidence = (f"loss on one batch of {length(x)} went from {start:.4g} to {end:.4g} in {steps} steps of "
-                f"Adam(lr={settings.overfit_lr:g})")
+    evidence = f"loss on one batch of {length(x)} went from {start:.4g} to {end:.4g} in {steps} steps of Adam(lr={settings.overfit_lr:g})"
     ratio = end / start if start > 0 else 0.0
     if not math.isfinite(end) or ratio > OVERFIT_WARN:
-        return Check("train.overfit", "fail", evidence,
-                     "a model that cannot memorize a few samples has a bug: outputs cut off or scaled to 0, wrong targets or "
-                     "loss, frozen layers, or too much regularization")
+        return Check(
+            "train.overfit",
+            "fail",
+            evidence,
+            "a model that cannot memorize a few samples has a bug: outputs cut off or scaled to 0, wrong targets or "
+            "loss, frozen layers, or too much regularization",
+        )
     if ratio > OVERFIT_PASS:
-        return Check("train.overfit", "warn", evidence + f" ({100 * ratio:.0f}% of the start, not near zero)",
-                     "give it more steps (overfit_steps) or capacity, less dropout/weight decay, or check the loss")
+        return Check(
+            "train.overfit",
+            "warn",
+            evidence + f" ({100 * ratio:.0f}% of the start, not near zero)",
+            "give it more steps (overfit_steps) or capacity, less dropout/weight decay, or check the loss",
+        )
     return Check("train.overfit", "pass", evidence)
 
 

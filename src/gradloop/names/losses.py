@@ -1,4 +1,5 @@
 """Loss functions by name. Any callable(outputs, targets) -> scalar tensor works as well."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -34,8 +35,14 @@ _ALIASES = {
 }
 # A loss module passed as an instance is the same loss as its name: same checks, same default metrics.
 LOSS_MODULES: dict[type, str] = {
-    nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.MSELoss: "mse", nn.L1Loss: "l1",
-    nn.SmoothL1Loss: "smooth_l1", nn.HuberLoss: "huber", nn.BCELoss: "bce", nn.BCEWithLogitsLoss: "bce_with_logits",
+    nn.CrossEntropyLoss: "cross_entropy",
+    nn.NLLLoss: "nll",
+    nn.MSELoss: "mse",
+    nn.L1Loss: "l1",
+    nn.SmoothL1Loss: "smooth_l1",
+    nn.HuberLoss: "huber",
+    nn.BCELoss: "bce",
+    nn.BCEWithLogitsLoss: "bce_with_logits",
 }
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 BINARY_LOSSES = ("bce", "bce_with_logits")
@@ -56,7 +63,7 @@ def loss_name(loss: Any) -> str | None:
 
 
 def loss_task(name: str | None) -> str | None:
-    """"classification" (class indices), "binary", "regression", or None for a loss gradloop does not know."""
+    """ "classification" (class indices), "binary", "regression", or None for a loss gradloop does not know."""
     if name in CLASS_INDEX_LOSSES:
         return "classification"
     if name in BINARY_LOSSES:

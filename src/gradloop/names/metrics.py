@@ -5,6 +5,7 @@ host, so updating costs no host-device sync. `MetricSet.compute()` reads all sum
 `.tolist()`: the single sync of an epoch. Under torchrun that read is preceded by one all-reduce
 of the same values (sums and counts), so every rank reports the numbers of the whole data.
 """
+
 from __future__ import annotations
 
 import math
@@ -194,8 +195,13 @@ class MetricSet:
 
     def state_dict(self) -> dict[str, object]:
         """The running sums, so that an epoch resumed mid-way reports the same numbers."""
-        return {"loss_sum": self.loss_sum, "sums": list(self.sums), "count": self.count,
-                "grad_norm_sum": self.grad_norm_sum, "grad_norm_steps": self.grad_norm_steps}
+        return {
+            "loss_sum": self.loss_sum,
+            "sums": list(self.sums),
+            "count": self.count,
+            "grad_norm_sum": self.grad_norm_sum,
+            "grad_norm_steps": self.grad_norm_steps,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.loss_sum = state["loss_sum"].to(self.device, self.dtype)

@@ -1,4 +1,5 @@
 """Optimizers by name, given as an instance, or built by a factory from the parameters."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable

@@ -28,6 +28,7 @@ followed), flushed and fsynced, renamed over the target, then the directory is f
 at any moment leaves the previous file intact; a temporary file left by a killed writer is never
 taken for a checkpoint and is removed by a later save.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,14 @@ class CheckpointWriteError(CheckpointError, OSError):
 # --------------------------------------------------------------------------------- names
 def path_in(directory: str | os.PathLike[str], name: str) -> Path:
     """`directory / name` for a file name made by gradloop; refuses anything that could leave `directory`."""
-    if (not name or name in (".", "..") or name.startswith(".") or "\x00" in name
-            or os.sep in name or (os.altsep is not None and os.altsep in name)):
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or "\x00" in name
+        or os.sep in name
+        or (os.altsep is not None and os.altsep in name)
+    ):
         raise ValueError(f"checkpoint name {name!r} must be a plain file name (no path separators, not hidden)")
     return Path(directory) / name
 
@@ -121,7 +128,7 @@ class _TreeHash:
         pieces, offset = [], 0
         while offset < len(data):
             take = min(self.chunk_size - self._filled, len(data) - offset)
-            pieces.append((self._chunks[-1], data[offset:offset + take]))
+            pieces.append((self._chunks[-1], data[offset : offset + take]))
             offset += take
             self._filled += take
             if self._filled == self.chunk_size:
@@ -407,8 +414,10 @@ def _describe_foreign(fd: int, size: int, head: bytes) -> str:
         return "is not a gradloop checkpoint (nor a torch.save file)"
     end = os.pread(fd, _EOCD_SIZE, max(0, size - _EOCD_SIZE))
     if end.startswith(_EOCD) and end[-2:] == b"\x00\x00":
-        return ("is a plain torch.save file, not a gradloop checkpoint (it has no checksum): "
-                "write checkpoints with Trainer.save_checkpoint, or read this one with torch.load")
+        return (
+            "is a plain torch.save file, not a gradloop checkpoint (it has no checksum): "
+            "write checkpoints with Trainer.save_checkpoint, or read this one with torch.load"
+        )
     return "is truncated or corrupt: the end of the file, with its checksum, is missing"
 
 
@@ -423,7 +432,7 @@ def _hash_file(fd: int, payload_size: int, chunk_size: int) -> bytes:
         view = memoryview(mapped)
         try:
             starts = range(0, payload_size, chunk_size)
-            groups = [starts[i:i + _CHUNKS_PER_TASK] for i in range(0, len(starts), _CHUNKS_PER_TASK)]
+            groups = [starts[i : i + _CHUNKS_PER_TASK] for i in range(0, len(starts), _CHUNKS_PER_TASK)]
             job = lambda group: [_hash_chunk(view, s, min(s + chunk_size, payload_size)) for s in group]  # noqa: E731
             if len(groups) == 1:
                 digests = job(groups[0])
@@ -437,7 +446,7 @@ def _hash_file(fd: int, payload_size: int, chunk_size: int) -> bytes:
 
 def _hash_chunk(view: memoryview, start: int, end: int) -> bytes:
     comment_length = len(view) - 2  # its 2 bytes were 0 when they were hashed
-    chunk = _Crc32(view[start:min(end, comment_length)])
+    chunk = _Crc32(view[start : min(end, comment_length)])
     if end > comment_length:
         chunk.update(bytes(end - max(start, comment_length)))
     return chunk.digest()

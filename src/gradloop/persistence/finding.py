@@ -1,4 +1,5 @@
 """Finding the checkpoint to resume from: the newest one in a directory that verifies."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ checkpoint.py's):
   settings                      what must match on resume (batch size, data size, ...)
   versions                      gradloop and torch versions that wrote it
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,7 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         warnings.warn(message, stacklevel=3)
 
 
-def restore(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike[str],
-            setup: Callable[[], None] | None = None) -> None:
+def restore(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike[str], setup: Callable[[], None] | None = None) -> None:
     """Puts `trainer` into the `saved` state: the one restore path.
 
     First weights, optimizer, scaler, counters, resume point and history (what callbacks may read

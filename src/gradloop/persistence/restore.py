@@ -1,4 +1,5 @@
 """Loading saved states into a model or an optimizer, with one clear error for a mismatch."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | o
         for k, v in expected.items()
         if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
     ]
-    problems = [f"{label}: {_some(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("different shapes", resized)) if names]
+    problems = [
+        f"{label}: {_some(names)}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("different shapes", resized))
+        if names
+    ]
     if problems:
         raise CheckpointError(f"{str(source)!r} holds weights of a different model ({'; '.join(problems)})")
     try:

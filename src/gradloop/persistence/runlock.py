@@ -9,6 +9,7 @@ owner is gone (same host, and that pid is not running, or is running but is a ne
 reused the number, or the machine rebooted since) is stale and is taken over with a note. A lock
 from another host cannot be checked from here: it is reported, with the way to remove it.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,14 @@ class Owner:
             data = json.loads(text)
             if int(data["pid"]) <= 0:  # os.kill(0 or -n, 0) would ask about process groups
                 return None
-            return cls(int(data["pid"]), str(data["host"]), data.get("boot_id"), data.get("start_ticks"),
-                       float(data.get("since", 0.0)), str(data["token"]))
+            return cls(
+                int(data["pid"]),
+                str(data["host"]),
+                data.get("boot_id"),
+                data.get("start_ticks"),
+                float(data.get("since", 0.0)),
+                str(data["token"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -1,4 +1,5 @@
 """Clean stop on SIGTERM / SIGINT: finish the current optimizer step, checkpoint, exit."""
+
 from __future__ import annotations
 
 import signal

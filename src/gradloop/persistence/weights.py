@@ -1,4 +1,5 @@
 """The final weights as safetensors: `model.safetensors` in the run directory."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
         tensors = load_file(str(path), device="cpu")
     except Exception as err:
         raise CheckpointError(
-            f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}") from None
+            f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}"
+        ) from None
     if strict:
         load_model_state(model, tensors, path)
         return model

@@ -2,13 +2,14 @@
 
 Exit codes: 0 no check failed, 1 a check failed (bad data included), 2 the config cannot be used.
 """
+
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Sequence
 
+from ...doctor import doctor as run_doctor
 from ...util import first_line
 from ..config import validate
 from ..errors import UsageError
@@ -17,29 +18,29 @@ from ..tomlfile import apply_overrides, read_toml
 
 
 def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
-    try:
-        doctor_module = importlib.import_module("gradloop.doctor")
-    except ImportError:
-        print("gradloop: the doctor is not available in this installation (module gradloop.doctor is missing)")
-        return 1
     path = Path(config_path)
     config = validate(apply_overrides(read_toml(path), overrides), str(path))
     config = resolve_paths(config, path.parent.resolve())
     # lenient: data and model faults are the doctor's to report, not ours to reject
     try:
-        session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False,
-                        strict=False)
+        session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
     except UsageError as err:  # the config was read and its files exist: what fails now is the data itself
         print(f"gradloop doctor: {path}: FAILED - the data cannot be used")
         print(f"FAIL  data.load  {err}")
         return 1
     train, data = session.config.train, session.data
-    options = {"loss": train.loss, "val": data.val, "optimizer": train.optimizer, "lr": train.lr,
-               "batch_size": config.data.batch_size, "device": train.device}
-    accepted = inspect.signature(doctor_module.doctor).parameters
+    options = {
+        "loss": train.loss,
+        "val": data.val,
+        "optimizer": train.optimizer,
+        "lr": train.lr,
+        "batch_size": config.data.batch_size,
+        "device": train.device,
+    }
+    accepted = inspect.signature(run_doctor).parameters
     print(f"gradloop doctor: {path} ({session.spec.describe()})", flush=True)
     try:
-        report = doctor_module.doctor(session.model, data.train, **{k: v for k, v in options.items() if k in accepted})
+        report = run_doctor(session.model, data.train, **{k: v for k, v in options.items() if k in accepted})
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None
     print(report)

@@ -1,4 +1,5 @@
 """`gradloop eval` and `gradloop predict`: a run's final model on its own or new data."""
+
 from __future__ import annotations
 
 import csv

@@ -4,6 +4,7 @@ Order of work: read and validate the config, load the data, build the model and 
 checks), and only then create the run directory and train. A failure before the first epoch
 removes the run directory again; so does a failure that left no checkpoint behind.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -96,16 +97,23 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
         recorder.finish("failed", error=f"{type(err).__name__}: {message}")
         if fresh and not run.has_checkpoint():
             run.discard()
-            print(f"gradloop: error: training failed ({type(err).__name__}: {message}); no checkpoint was written, "
-                  f"so {run.path} was removed", file=sys.stderr)
+            print(
+                f"gradloop: error: training failed ({type(err).__name__}: {message}); no checkpoint was written, so {run.path} was removed",
+                file=sys.stderr,
+            )
         else:
-            print(f"gradloop: error: training failed ({type(err).__name__}: {message}); "
-                  f"resume from the last checkpoint with: gradloop resume {run.path}", file=sys.stderr)
+            print(
+                f"gradloop: error: training failed ({type(err).__name__}: {message}); "
+                f"resume from the last checkpoint with: gradloop resume {run.path}",
+                file=sys.stderr,
+            )
         return 1
     recorder.finish(status_for(trainer.stop_reason), stop_reason=trainer.stop_reason)
     if resume and epochs_before and len(history.epochs) <= epochs_before:
-        print(f"nothing to train: the run already has its {len(history.epochs)} epochs "
-              f"(train longer with: gradloop resume {run.path} --max-epochs N)")
+        print(
+            f"nothing to train: the run already has its {len(history.epochs)} epochs "
+            f"(train longer with: gradloop resume {run.path} --max-epochs N)"
+        )
     _print_summary(session, history.epochs, run.path, time.perf_counter() - started)
     return 0
 

@@ -1,4 +1,5 @@
 """`gradloop plot RUN_DIR`: (re)draws RUN_DIR/curves.png from RUN_DIR/metrics.csv."""
+
 from __future__ import annotations
 
 from pathlib import Path

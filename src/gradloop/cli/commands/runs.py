@@ -1,4 +1,5 @@
 """`gradloop runs [DIR]`: one line per run: dataset, model, epochs, best and final metrics, status."""
+
 from __future__ import annotations
 
 import sys
@@ -52,8 +53,7 @@ def row(run_dir: Path) -> tuple[str, ...]:
         status = effective_status(read_run(run_dir))
     else:  # a run of the Python API: the Trainer writes model.safetensors when fit ends
         status = "finished" if (run_dir / "model.safetensors").exists() else "-"
-    return (run_dir.name, str(dataset), str(model.get("name", "-")), epochs, best_text,
-            headline(final) or "-", status)
+    return (run_dir.name, str(dataset), str(model.get("name", "-")), epochs, best_text, headline(final) or "-", status)
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
