@@ -9,13 +9,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data.batches import Batches, LoaderBatches, TensorBatches
-from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
+from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES
 from .names.metrics import Metric
+from .step import Step, StepResult, batch_size_of, call_model, describe, logits_of, own_loss
 from .util import first_line, preserved_rng
-
-
-def _shape(t: Any) -> str:
-    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 class eval_mode:
@@ -35,61 +32,90 @@ class eval_mode:
 
 
 def check_model_fits_data(
-    model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None, metrics: Sequence[Metric], role: str = "train"
-) -> None:
-    """Runs the model in eval mode on two samples and checks outputs against targets and loss.
+    model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str = "train"
+) -> list[str] | None:
+    """Runs the step in eval mode on two samples and checks outputs against targets, loss and metrics.
 
-    Draws no random numbers and changes no state. Raises ValueError naming the problem and the fix.
+    Draws no random numbers and changes no state. Raises ValueError or TypeError naming the problem
+    and the fix. Returns the names of the values the step logs besides the loss (None when the data
+    cannot be sampled ahead, e.g. an IterableDataset: the first batch tells then).
     """
     with preserved_rng():  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
-        _check_model_fits_data(model, batches, loss_fn, loss_name, metrics, role)
+        return _check_model_fits_data(model, batches, step, metrics, role)
 
 
-def _check_model_fits_data(
-    model: nn.Module, batches: Batches, loss_fn: LossFn, loss_name: str | None, metrics: Sequence[Metric], role: str
-) -> None:
+def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str) -> list[str] | None:
     sample = batches.peek(2)
     if sample is None:
-        return
-    inputs, targets = sample
+        return None
     with torch.inference_mode(), eval_mode(model):
-        try:
-            outputs = model(inputs)
-        except Exception as err:  # any failure here is the user's model meeting the user's data
-            fix = "Make the model's first layer accept this input shape"
-            if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
-                fix = f"The inputs are {str(inputs.dtype).replace('torch.', '')}: convert them with X.float()"
+        result = _run_user_step(model, sample, step, role) if step.custom else _run_default_step(model, batches, sample, step, role)
+        if metrics and (result.outputs is None or result.targets is None):
             raise ValueError(
-                f"the model cannot process the {role} inputs (a batch of shape {_shape(inputs)}): "
-                f"{type(err).__name__}: {first_line(err)}. {fix}"
-            ) from err
-        if not isinstance(outputs, torch.Tensor):
-            raise TypeError(f"the model must return a tensor; it returned {type(outputs).__name__}")
-        ignore_index = getattr(loss_fn, "ignore_index", None)
-        _raise(fit_problem(outputs, targets, loss_name, role, ignore_index))
-        if isinstance(batches, TensorBatches) and batches.targets is not None and loss_name in CLASS_INDEX_LOSSES:
-            _raise(label_range_problem(outputs.shape[1], batches.targets, role, ignore_index))
-        if isinstance(batches, LoaderBatches) and loss_name in CLASS_INDEX_LOSSES:
-            dataset = batches.loader.dataset
-            if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
-                _raise(label_range_problem(outputs.shape[1], dataset.tensors[1], role, ignore_index))
-        try:
-            loss = loss_fn(outputs, targets)
-        except Exception as err:
-            raise ValueError(
-                f"the loss cannot compare model outputs {_shape(outputs)} with {role} targets {_shape(targets)}: "
-                f"{type(err).__name__}: {first_line(err)}"
-            ) from err
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"the loss must return a scalar tensor; it returned {_shape(loss)}: reduce it with .mean()")
+                f"metrics {[m.name for m in metrics]} need outputs and targets, but the step gives none: return "
+                "'outputs' and 'targets' in the dict step(model, batch) returns, or pass metrics=[]"
+            )
         for metric in metrics:
             try:
-                metric.batch_sums(outputs, targets, outputs.shape[0])
+                metric.batch_sums(result.outputs, result.targets, batch_size_of(result.targets))
             except Exception as err:
                 raise ValueError(
-                    f"metric {metric.name!r} cannot compare model outputs {_shape(outputs)} with targets "
-                    f"{_shape(targets)}: {type(err).__name__}: {first_line(err)}"
+                    f"metric {metric.name!r} cannot compare model outputs {describe(result.outputs)} with targets "
+                    f"{describe(result.targets)}: {type(err).__name__}: {first_line(err)}"
                 ) from err
+    return list(result.values)
+
+
+def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> StepResult:
+    try:
+        return step(model, sample)
+    except (ValueError, TypeError) as err:
+        if "step(model, batch)" in str(err):  # the returned value is wrong: that message says how
+            raise
+        raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
+    except Exception as err:  # any failure here is the user's step meeting the user's data
+        raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
+
+
+def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Step, role: str) -> StepResult:
+    inputs, targets = step.split(sample, needs_targets=step.loss_fn is not None)
+    try:
+        output = call_model(model, inputs)
+    except Exception as err:  # any failure here is the user's model meeting the user's data
+        fix = "Make the model's first layer accept this input shape"
+        if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+            fix = f"The inputs are {str(inputs.dtype).replace('torch.', '')}: convert them with X.float()"
+        raise ValueError(
+            f"the model cannot process the {role} inputs (a batch of shape {describe(inputs)}): "
+            f"{type(err).__name__}: {first_line(err)}. {fix}"
+        ) from err
+    if step.loss_fn is None:
+        return StepResult(own_loss(output), {}, logits_of(output), targets)
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"the model must return a tensor for loss(outputs, targets); it returned a {type(output).__name__} "
+            f"{describe(output)}: return the output tensor, pass loss=None if the model computes its own loss, or pass step=..."
+        )
+    loss_name, ignore_index = step.loss_name, getattr(step.loss_fn, "ignore_index", None)
+    if isinstance(targets, torch.Tensor):
+        _raise(fit_problem(output, targets, loss_name, role, ignore_index))
+    if loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
+        labels = batches.targets if isinstance(batches, TensorBatches) else None
+        dataset = batches.loader.dataset if isinstance(batches, LoaderBatches) else None
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
+            labels = dataset.tensors[1]
+        if labels is not None:
+            _raise(label_range_problem(output.shape[1], labels, role, ignore_index))
+    try:
+        loss = step.loss_fn(output, targets)
+    except Exception as err:
+        raise ValueError(
+            f"the loss cannot compare model outputs {describe(output)} with {role} targets {describe(targets)}: "
+            f"{type(err).__name__}: {first_line(err)}"
+        ) from err
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"the loss must return a scalar tensor; it returned {describe(loss)}: reduce it with .mean()")
+    return StepResult(loss, {}, output, targets)
 
 
 def fit_problem(
@@ -105,22 +131,22 @@ def fit_problem(
         if targets.is_floating_point() and targets.ndim == outputs.ndim:
             return (
                 f"{loss_name} with class probabilities needs targets of the outputs' shape; the model outputs "
-                f"{_shape(outputs)} but {role} y is {_shape(targets)}: give the model one output per class"
+                f"{describe(outputs)} but {role} y is {describe(targets)}: give the model one output per class"
             )
         if targets.is_floating_point():
             return (
-                f"{loss_name} needs integer class labels, but {role} y is {_shape(targets)}: "
+                f"{loss_name} needs integer class labels, but {role} y is {describe(targets)}: "
                 "convert it with y.long() (or use loss='mse' for regression)"
             )
         if outputs.ndim == targets.ndim and targets.shape[-1] == 1 and outputs.ndim >= 2:
             return (
                 f"{loss_name} needs labels of shape (N,) for outputs of shape (N, C), but {role} y is "
-                f"{_shape(targets)}: flatten the labels with y.reshape(-1)"
+                f"{describe(targets)}: flatten the labels with y.reshape(-1)"
             )
         if outputs.ndim != targets.ndim + 1:
             return (
                 f"{loss_name} needs outputs of shape (N, C) for labels of shape (N,); the model outputs "
-                f"{_shape(outputs)} for {role} y {_shape(targets)}: end the model with nn.Linear(..., num_classes)"
+                f"{describe(outputs)} for {role} y {describe(targets)}: end the model with nn.Linear(..., num_classes)"
             )
         return label_range_problem(outputs.shape[1], targets, role, ignore_index)
     if loss_name in SAME_SHAPE_LOSSES and outputs.shape != targets.shape:
@@ -128,11 +154,11 @@ def fit_problem(
         if outputs.numel() == targets.numel():
             hint = f": reshape y to {tuple(outputs.shape)} (e.g. y.reshape(-1, 1)) or the output to {tuple(targets.shape)}"
         return (
-            f"{loss_name} needs outputs and targets of the same shape; the model outputs {_shape(outputs)} but "
-            f"{role} y is {_shape(targets)}{hint}"
+            f"{loss_name} needs outputs and targets of the same shape; the model outputs {describe(outputs)} but "
+            f"{role} y is {describe(targets)}{hint}"
         )
     if loss_name in BINARY_LOSSES and not targets.is_floating_point():
-        return f"{loss_name} needs float targets in [0, 1], but {role} y is {_shape(targets)}: use y.float()"
+        return f"{loss_name} needs float targets in [0, 1], but {role} y is {describe(targets)}: use y.float()"
     return None
 
 

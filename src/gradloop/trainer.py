@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from .persistence import checkpoint, finding, layout, weights
 from .persistence.runlock import RunLock
 from .persistence.signals import GracefulStop
 from .state import ResumePoint, TrainState
-from .util import first_line, seed_everything, weights_are_finite
+from .step import PredictFn, Step, StepFn, StepResult, batch_size_of
+from .util import seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -40,7 +42,7 @@ class Trainer:
         model: nn.Module,
         optimizer: OptimizerSpec = "adam",
         lr: float | None = 1e-3,
-        loss: str | LossFn = "cross_entropy",
+        loss: str | LossFn | None = "cross_entropy",
         metrics: Sequence[str | MetricFn | Metric] | None = None,
         callbacks: Sequence[Callback] | None = None,
         max_epochs: int = 10,
@@ -54,6 +56,8 @@ class Trainer:
         *,
         default_callbacks: bool = True,
         optimizer_options: dict[str, Any] | None = None,
+        step: StepFn | None = None,
+        predict_step: PredictFn | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -74,10 +78,21 @@ class Trainer:
         # Under torchrun the training forward runs through DistributedDataParallel; `model` stays the user's.
         self._train_model = distributed.wrap(self.model, self.device)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
-        self.loss_fn, self.loss_name = resolve_loss(loss)
+        for name, fn in (("step", step), ("predict_step", predict_step)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be a function (model, batch) -> ...; received: {name}={fn!r}")
+        # with a step of its own the loss is the step's business; loss=None: the model computes it
+        self.loss_fn: LossFn | None = None
+        self.loss_name: str | None = None
+        if loss is not None and step is None:
+            self.loss_fn, self.loss_name = resolve_loss(loss)
         if metrics is None:  # Keras users expect accuracy for classification; pass metrics=[] for none
             metrics = ["accuracy"] if self.loss_name in CLASSIFICATION_LOSSES else []
         self.metrics = resolve_metrics(metrics, self.loss_name)
+        self._step = Step(self.loss_fn, self.loss_name, step, predict_step)
+        self._closure = needs_closure(self.optimizer)
+        if self._closure:
+            _check_closure_settings(self.optimizer, accumulate_grad_batches, grad_clip_norm, precision)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -97,6 +112,7 @@ class Trainer:
         self.resume_command: str | None = None  # shown after a signal; the CLI sets `gradloop resume DIR`
         self.resume_point = ResumePoint(MetricSet(self.metrics, self.device))
         self.fit_settings: dict[str, Any] = {}  # what must match on resume (batch size, data size, ...)
+        self.value_names: list[str] = []  # what the step logs besides the loss, learnt before the first step
         self._batch_size = 64
         self._signals = GracefulStop()
         self._step_listeners = self.callbacks.listens("on_optimizer_step")
@@ -112,9 +128,9 @@ class Trainer:
             raise TypeError(f"resume must be None, 'last' or a checkpoint path; received: resume={resume!r}")
         train_batches = make_batches(train, batch_size, shuffle, self.device, "train", shard=True)
         val_batches = make_batches(val, batch_size, False, self.device, "val", shard=True) if val is not None else None
-        check_model_fits_data(self.model, train_batches, self.loss_fn, self.loss_name, self.metrics, "train")
+        self.value_names = check_model_fits_data(self.model, train_batches, self._step, self.metrics, "train") or []
         if val_batches is not None:
-            check_model_fits_data(self.model, val_batches, self.loss_fn, self.loss_name, self.metrics, "val")
+            check_model_fits_data(self.model, val_batches, self._step, self.metrics, "val")
         if resume is not None and str(resume) == "last" and self.run_dir is None:
             raise ValueError("resume='last' needs a run_dir: pass Trainer(run_dir=...) or a checkpoint path")
         self._batch_size = batch_size
@@ -127,7 +143,7 @@ class Trainer:
 
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
         self.state, self.history = TrainState(), History()
-        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device))
+        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names))
         self.should_stop, self.stop_reason = False, None
         if self.seed is not None:
             seed_everything(self.seed)
@@ -166,7 +182,7 @@ class Trainer:
         if self._signals.received is not None:
             return  # stopped mid-epoch: the checkpoint resumes at this very step
         if val is not None:
-            val_logs = self._evaluate(val, "val_")
+            val_logs = self._evaluate(val, "val_", self.value_names)
             self.callbacks.call("on_validation_end", self, val_logs)
             logs.update(val_logs)
         logs["lr"] = self.resume_point.epoch_lr
@@ -187,20 +203,24 @@ class Trainer:
         reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
         k, num_batches = self.accumulate_grad_batches, _length(batches)
         assert self.resume_point.order is not None
-        for inputs, targets in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
-            batch = self.state.batch_in_epoch
-            group_start = batch - batch % k
+        for batch in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
+            index = self.state.batch_in_epoch
+            group_start = index - index % k
             group_size = k if num_batches is None else min(k, num_batches - group_start)
-            if batch == group_start:
-                self.optimizer.zero_grad(set_to_none=True)
-            share = _share_of_group(batches, batch, group_start, group_size)
-            step_taken = batch + 1 == group_start + group_size
-            # DDP: gradients are averaged over ranks only at the group's last batch (an unsized loader
-            # may end mid-group, so there every batch syncs)
-            loss = self._forward_backward(inputs, targets, share, meter, sync_grads=step_taken or num_batches is None)
-            self.state.batch_in_epoch += 1
-            if step_taken:
-                self._optimizer_step(meter)
+            step_taken = index + 1 == group_start + group_size
+            if self._closure:  # LBFGS and the like: the optimizer runs forward and backward itself
+                self.state.batch_in_epoch += 1
+                loss = self._closure_step(batch, meter)
+            else:
+                if index == group_start:
+                    self.optimizer.zero_grad(set_to_none=True)
+                share = _share_of_group(batches, index, group_start, group_size)
+                # DDP: gradients are averaged over ranks only at the group's last batch (an unsized loader
+                # may end mid-group, so there every batch syncs)
+                loss = self._forward_backward(batch, share, meter, sync_grads=step_taken or num_batches is None)
+                self.state.batch_in_epoch += 1
+                if step_taken:
+                    self._optimizer_step(meter)
             if reduce_batch_loss:
                 loss = distributed.all_reduce_sum(loss) / distributed.world()[1]
             if batch_listeners:
@@ -212,56 +232,55 @@ class Trainer:
                 self._optimizer_step(meter)
         return meter.compute()
 
-    def _forward_backward(
-        self, inputs: Any, targets: torch.Tensor, share: float | int, meter: MetricSet, sync_grads: bool = True
-    ) -> torch.Tensor:
+    def _forward_backward(self, batch: Any, share: float | int, meter: MetricSet, sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         model = self._train_model
         no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()  # type: ignore[operator]
         with no_sync:
             with self.precision.autocast():
-                outputs = model(inputs)
-                loss = self._loss(outputs, targets)
+                result = self._step(model, batch)
             if isinstance(share, int):
-                self.precision.backward(loss / share if share > 1 else loss)
+                self.precision.backward(result.loss / share if share > 1 else result.loss)
             else:
-                self.precision.backward(loss * share)
-        loss = loss.detach()
-        meter.update(loss, outputs.detach(), targets, _batch_len(targets, inputs))
-        return loss
+                self.precision.backward(result.loss * share)
+        return _count(meter, result, batch)
 
-    def _optimizer_step(self, meter: MetricSet) -> None:
+    def _closure_step(self, batch: Any, meter: MetricSet) -> torch.Tensor:
+        """One optimizer step that re-evaluates the batch as often as the optimizer asks (torch's closure);
+        the metrics count the batch once, from the first evaluation (the weights before the step)."""
+        first: list[StepResult] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                result = self._step(self._train_model, batch)
+            self.precision.backward(result.loss)
+            if not first:
+                first.append(result)
+            return result.loss
+
+        self._optimizer_step(meter, closure)
+        return _count(meter, first[0], batch)
+
+    def _optimizer_step(self, meter: MetricSet, closure: Callable[[], torch.Tensor] | None = None) -> None:
         if self.grad_clip_norm is not None:
             self.precision.unscale(self.optimizer)
             meter.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
         self.resume_point.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
-        self.precision.step(self.optimizer)
+        self.precision.step(self.optimizer, closure)
         self.state.global_step += 1
         self.state.step_in_epoch += 1
         if self._step_listeners:
             self.callbacks.call("on_optimizer_step", self)
 
-    def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
-        meter = MetricSet(self.metrics, self.device)
+    def _evaluate(self, batches: Batches, prefix: str, value_names: list[str]) -> dict[str, float]:
+        meter = MetricSet(self.metrics, self.device, value_names)
         with torch.inference_mode(), eval_mode(self.model):
-            for inputs, targets in batches.iterate(batches.new_order()):
+            for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
-                    outputs = self.model(inputs)
-                    loss = self._loss(outputs, targets)
-                meter.update(loss, outputs, targets, _batch_len(targets, inputs))
+                    result = self._step(self.model, batch)
+                _count(meter, result, batch)
         return meter.compute(prefix)
-
-    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.loss_fn(outputs, targets)
-        except (IndexError, RuntimeError) as err:
-            shapes = f"outputs {tuple(outputs.shape)}, targets {tuple(targets.shape)} {targets.dtype}"
-            hint = ""
-            if "out of bounds" in str(err) and outputs.ndim >= 2:
-                hint = f": labels must lie in [0, {outputs.shape[1]}) for a model with {outputs.shape[1]} outputs"
-            raise ValueError(
-                f"the loss failed at epoch {self.state.epoch}, batch {self.state.batch_in_epoch} ({shapes}): {first_line(err)}{hint}"
-            ) from err
 
     def _finished(self) -> bool:
         return self.should_stop or self.state.epoch >= self.max_epochs or self._max_steps_reached()
@@ -278,27 +297,31 @@ class Trainer:
         """Like `validate`, with keys `test_loss`, `test_<metric>`."""
         return self._evaluate_data(data, batch_size, "test")
 
+    def check_data(self, data: Any, role: str = "train", batch_size: int | None = None) -> None:
+        """The checks `fit` makes before the first step, on `data` alone: raises ValueError or TypeError
+        naming what does not fit (shapes, labels, the loss, the step, the metrics) and the fix."""
+        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role)
+        check_model_fits_data(self.model, batches, self._step, self.metrics, role)
+
     def _evaluate_data(self, data: Any, batch_size: int | None, role: str) -> dict[str, float]:
         # under torchrun every rank evaluates its shard and the metrics are all-reduced: call it on every rank
         batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role, shard=True)
-        check_model_fits_data(self.model, batches, self.loss_fn, self.loss_name, self.metrics, role)
-        return self._evaluate(batches, f"{role}_")
+        value_names = check_model_fits_data(self.model, batches, self._step, self.metrics, role)
+        return self._evaluate(batches, f"{role}_", value_names or [])
 
     def predict(self, data: Any, batch_size: int | None = None) -> torch.Tensor:
         """Model outputs for every sample, concatenated on the CPU (eval mode, no grad; float32 under
-        mixed precision)."""
+        mixed precision). `predict_step(model, batch)` decides what a batch gives, if set; outputs that are
+        tuples or dicts of tensors are concatenated field by field."""
         batches = make_batches(
             data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict", needs_targets=False
         )
         outputs = []
         with torch.inference_mode(), eval_mode(self.model):
-            for inputs, _ in batches.iterate(batches.new_order()):
+            for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
-                    outputs.append(self.model(inputs))
-        predictions = torch.cat(outputs).cpu()
-        if predictions.dtype in (torch.float16, torch.bfloat16):  # autocast's dtype: numpy cannot take bfloat16
-            predictions = predictions.float()
-        return predictions
+                    outputs.append(self._step.predict(self.model, batch))
+        return _concatenate(outputs)
 
     def find_lr(self, data: Any, batch_size: int | None = None, **options: Any) -> "LRFindResult":
         """LR range test on a copy of the model with a fresh optimizer like this trainer's.
@@ -307,6 +330,9 @@ class Trainer:
         to run_dir/lr_find.png. `options`: start_lr, end_lr, num_steps, smoothing, seed, plot.
         """
         from .doctor import lr_find  # training itself does not need the doctor
+
+        if self.loss_fn is None:
+            raise ValueError("find_lr runs the loss itself: it needs a Trainer with loss=... (not a step or loss=None)")
 
         if self.run_dir is not None and distributed.is_rank_zero():
             options.setdefault("plot", self.run_dir / "lr_find.png")
@@ -378,7 +404,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- helpers
     def logged_names(self, has_val: bool) -> list[str]:
         """The names each epoch's logs hold (what a monitor may name), with or without validation data."""
-        names = ["loss", *(m.name for m in self.metrics)]
+        names = ["loss", *self.value_names, *(m.name for m in self.metrics)]
         if has_val:
             names += [f"val_{n}" for n in names]
         names += ["lr", "time"] + (["grad_norm"] if self.grad_clip_norm is not None else [])
@@ -393,7 +419,7 @@ class Trainer:
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "precision": self.precision.name,
             "optimizer": type(self.optimizer).__name__,
-            "loss": self.loss_name or getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+            "loss": self.loss_name or _name_of(self._step.step_fn or self.loss_fn),
             "seed": self.seed,
         }
 
@@ -433,9 +459,49 @@ def _length(batches: Batches) -> int | None:
         return None
 
 
-def _batch_len(targets: Any, inputs: Any) -> int:
-    reference = targets if isinstance(targets, torch.Tensor) else inputs
-    return int(reference.shape[0]) if isinstance(reference, torch.Tensor) else len(reference)
+def _name_of(fn: Any) -> str:
+    """What a user's loss or step is called in a checkpoint's settings (None: the model's own loss)."""
+    return "model's own loss" if fn is None else getattr(fn, "__name__", type(fn).__name__)
+
+
+def _count(meter: MetricSet, result: StepResult, batch: Any) -> torch.Tensor:
+    """Adds a batch's loss, values and metrics to the running sums; returns the detached loss."""
+    loss = result.loss.detach()
+    outputs = result.outputs.detach() if isinstance(result.outputs, torch.Tensor) else result.outputs
+    size = batch_size_of(result.targets if isinstance(result.targets, torch.Tensor) else batch)
+    meter.update(loss, outputs, result.targets, size, result.values)
+    return loss
+
+
+def _concatenate(outputs: list[Any]) -> Any:
+    """Per-batch predictions as one result on the CPU: tensors concatenated, tuples and dicts field by field."""
+    first = outputs[0]
+    if isinstance(first, dict):
+        return {key: _concatenate([o[key] for o in outputs]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenate([o[i] for o in outputs]) for i in range(len(first)))
+    predictions = torch.cat(outputs).cpu()
+    if predictions.dtype in (torch.float16, torch.bfloat16):  # autocast's dtype: numpy cannot take bfloat16
+        predictions = predictions.float()
+    return predictions
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer's `step` takes a closure it must call (torch.optim.LBFGS)."""
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def _check_closure_settings(optimizer: torch.optim.Optimizer, accumulate: int, clip: float | None, precision: str) -> None:
+    name = type(optimizer).__name__
+    if accumulate != 1:
+        raise ValueError(
+            f"{name} re-evaluates each batch itself (a closure): it cannot accumulate gradients; use accumulate_grad_batches=1"
+        )
+    if clip is not None:
+        raise ValueError(f"{name} computes its own steps from the gradients of its closure: grad_clip_norm does not apply; remove it")
+    if resolve_precision(precision) == "16-mixed":
+        raise ValueError(f"{name} needs a closure, which torch's GradScaler cannot step: use precision='bf16-mixed' or '32'")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -143,8 +143,6 @@ def build(
     import torch
 
     from .. import Trainer
-    from ..checks import check_model_fits_data
-    from ..data.batches import make_batches
     from .models import build_model
 
     if config.train.threads is not None:
@@ -180,8 +178,7 @@ def build(
         if pair is None or not strict:
             continue
         try:  # the model meets the data: output shape, label range, loss and metrics
-            batches = make_batches(pair, config.data.batch_size, False, trainer.device, role)
-            check_model_fits_data(trainer.model, batches, trainer.loss_fn, trainer.loss_name, trainer.metrics, role)
+            trainer.check_data(pair, role, config.data.batch_size)
         except (ValueError, TypeError) as err:
             raise UsageError(f"model {config.model.name!r} does not fit the data ({data.spec.dataset}): {first_line(err)}") from None
     return Session(config, data, model, trainer)

@@ -16,14 +16,16 @@ metrics cover each sample exactly once. A user's own DataLoader is used as given
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import functools
+import operator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from . import distributed
-from .devices import to_device
+from .devices import to_device, tree_map
 
 Batch = tuple[Any, Any]
 _CUDA_RESIDENT_FRACTION = 0.25  # in-memory data up to this share of free GPU memory lives on the GPU
@@ -51,38 +53,48 @@ def as_tensor(array: Any, what: str) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Batches of in-memory tensors: one permutation per epoch, then index slicing."""
+    """Batches of in-memory tensors: one permutation per epoch, then index slicing.
+
+    `data` is `(inputs, targets)` (targets may be None; inputs a tensor, a tuple or list of
+    tensors, or a dict of tensors) or a dict of tensors; every batch has the same structure.
+    """
 
     def __init__(
         self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor | None,
+        data: Any,
         batch_size: int,
         shuffle: bool,
         device: torch.device,
         drop_last: bool = False,
         shard: tuple[int, int, bool] | None = None,
     ) -> None:
-        self.num_samples = inputs.shape[0]
+        self.num_samples = int(first_leaf(data).shape[0])
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(self.num_samples, self.rank, self.world_size, self.pad)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.device = device
-        self.inputs, self.targets = self._place(inputs, targets, device)
+        self.data = self._place(data, device)
         self.non_blocking = device.type == "cuda"
+        self.resident = first_leaf(self.data).device == device
+
+    @property
+    def targets(self) -> torch.Tensor | None:
+        """The targets, when the data has them as one tensor: `y` of `(X, y)`, or a dict's "labels"."""
+        found = self.data.get("labels") if isinstance(self.data, dict) else self.data[1]
+        return found if isinstance(found, torch.Tensor) else None
 
     @staticmethod
-    def _place(inputs: torch.Tensor, targets: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _place(data: Any, device: torch.device) -> Any:
         if device.type == "cpu":
-            return inputs, targets
-        nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
+            return data
         if device.type == "cuda":
+            nbytes = sum(t.nbytes for t in leaves(data))
             free, _ = torch.cuda.mem_get_info(device)
             if nbytes > _CUDA_RESIDENT_FRACTION * free:  # too big to keep on the GPU: stream from pinned memory
-                return inputs.pin_memory(), targets.pin_memory() if targets is not None else None
-        return inputs.to(device), targets.to(device) if targets is not None else None
+                return tree_map(lambda t: t.pin_memory(), data)
+        return to_device(data, device)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -100,7 +112,7 @@ class TensorBatches:
         """Draws this epoch's order from the global torch RNG, as a DataLoader iterator would."""
         return _new_order(self.shuffle, self.world_size)
 
-    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
+    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Any]:
         index = None
         if order["seed"] is not None:
             generator = torch.Generator().manual_seed(order["seed"])
@@ -108,31 +120,37 @@ class TensorBatches:
         if self.world_size > 1:
             index = torch.arange(self.num_samples) if index is None else index
             index = distributed.shard_index(index, self.rank, self.world_size, self.pad)
-        if index is not None and self.inputs.device != index.device:
-            index = index.to(self.inputs.device)
+        if index is not None:
+            index = index.to(first_leaf(self.data).device)
         for b in range(start_batch, len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.shard_samples)
             if index is None:
-                x = self.inputs[lo:hi]
-                y = self.targets[lo:hi] if self.targets is not None else None
+                batch = tree_map(operator.itemgetter(slice(lo, hi)), self.data)
             else:
                 rows = index[lo:hi]
                 # index_select copies whole rows; x[rows] takes the general advanced-indexing path,
                 # about twice as slow on CPU for the same bytes
-                x = self.inputs.index_select(0, rows)
-                y = self.targets.index_select(0, rows) if self.targets is not None else None
-            if x.device != self.device:
+                batch = tree_map(functools.partial(torch.index_select, dim=0, index=rows), self.data)
+            if not self.resident:
                 if self.non_blocking and index is not None:
-                    x, y = x.pin_memory(), y.pin_memory() if y is not None else None
-                x = x.to(self.device, non_blocking=self.non_blocking)
-                y = y.to(self.device, non_blocking=self.non_blocking) if y is not None else None
-            yield x, y
+                    batch = tree_map(lambda t: t.pin_memory(), batch)
+                batch = to_device(batch, self.device, self.non_blocking)
+            yield batch
 
-    def peek(self, n: int = 2) -> Batch:
+    def peek(self, n: int = 2) -> Any:
         """The first `n` samples, without drawing random numbers."""
-        x = self.inputs[:n].to(self.device)
-        y = self.targets[:n].to(self.device) if self.targets is not None else None
-        return x, y
+        return to_device(tree_map(lambda t: t[:n], self.data), self.device)
+
+
+def leaves(tree: Any) -> list[torch.Tensor]:
+    """The tensors inside tuples, lists and dicts, in order."""
+    found: list[torch.Tensor] = []
+    tree_map(found.append, tree)
+    return found
+
+
+def first_leaf(tree: Any) -> torch.Tensor:
+    return leaves(tree)[0]
 
 
 class OrderedBatchSampler(Sampler[list[int]]):
@@ -169,24 +187,16 @@ class OrderedBatchSampler(Sampler[list[int]]):
 
 
 class LoaderBatches:
-    """Batches from a DataLoader, moved to the device; items are `x` or `(x, y, ...)`.
+    """Batches from a DataLoader, moved to the device, as the loader yields them.
 
     A loader built by gradloop (`sampler` given) jumps straight to a resumed position. A user's
     loader is replayed up to it from the torch RNG state of the epoch's start, which yields the same
     order as the uninterrupted run (at the cost of loading the skipped batches).
     """
 
-    def __init__(
-        self,
-        loader: DataLoader,
-        device: torch.device,
-        has_targets: bool = True,
-        sampler: OrderedBatchSampler | None = None,
-        shuffle: bool = False,
-    ) -> None:
+    def __init__(self, loader: DataLoader, device: torch.device, sampler: OrderedBatchSampler | None = None, shuffle: bool = False) -> None:
         self.loader = loader
         self.device = device
-        self.has_targets = has_targets
         self.sampler = sampler
         self.shuffle = shuffle
         self.non_blocking = device.type == "cuda" and bool(getattr(loader, "pin_memory", False))
@@ -223,7 +233,7 @@ class LoaderBatches:
             if callable(set_epoch):
                 set_epoch(epoch)
 
-    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Batch]:
+    def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Any]:
         batches: Iterator[Any]
         if self.sampler is not None:
             self.sampler.seed, self.sampler.start_batch = order["seed"], start_batch
@@ -233,7 +243,7 @@ class LoaderBatches:
         else:
             batches = iter(self.loader)
         for item in batches:
-            yield self._split(to_device(item, self.device, self.non_blocking))
+            yield to_device(item, self.device, self.non_blocking)
 
     def _replay(self, epoch_rng: torch.Tensor, start_batch: int) -> Iterator[Any]:
         now = torch.get_rng_state()
@@ -244,20 +254,7 @@ class LoaderBatches:
         torch.set_rng_state(now)
         return batches
 
-    def _split(self, item: Any) -> Batch:
-        if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
-            if len(item) >= 2:
-                return item[0], item[1]
-            if len(item) == 1:
-                return item[0], None
-        if not self.has_targets:
-            return item, None
-        raise ValueError(
-            f"each batch must be (inputs, targets[, ...]) to train or evaluate; the DataLoader gave a "
-            f"{type(item).__name__}: make the Dataset return (x, y) pairs"
-        )
-
-    def peek(self, n: int = 2) -> Batch | None:
+    def peek(self, n: int = 2) -> Any | None:
         """The first `n` samples collated by the loader's collate_fn, or None when not indexable."""
         dataset = self.loader.dataset
         if isinstance(dataset, IterableDataset):
@@ -270,7 +267,7 @@ class LoaderBatches:
             return None
         if collated is None:
             return None
-        return self._split(to_device(collated, self.device))
+        return to_device(collated, self.device)
 
 
 Batches = TensorBatches | LoaderBatches
@@ -298,48 +295,81 @@ def make_batches(
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     if isinstance(data, DataLoader):
         _check_not_empty(data.dataset, role)
-        return LoaderBatches(data, device, has_targets=needs_targets)
+        return LoaderBatches(data, device)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         _check_not_empty(data, role)
         sampler = OrderedBatchSampler(len(data), batch_size, shard=shards)  # type: ignore[arg-type]
         # The loader's own generator keeps its iterator from drawing on the global RNG: new_order() does.
         loader = DataLoader(data, batch_sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
-        return LoaderBatches(loader, device, has_targets=needs_targets, sampler=sampler, shuffle=shuffle)
+        return LoaderBatches(loader, device, sampler=sampler, shuffle=shuffle)
     if isinstance(data, IterableDataset):
         loader = DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda")
-        return LoaderBatches(loader, device, has_targets=needs_targets)
-    inputs, targets = _split_arrays(data, role, needs_targets)
-    return TensorBatches(inputs, targets, batch_size, shuffle, device, shard=shards)
+        return LoaderBatches(loader, device)
+    return TensorBatches(_in_memory(data, role, needs_targets), batch_size, shuffle, device, shard=shards)
 
 
-def _split_arrays(data: Any, role: str, needs_targets: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _in_memory(data: Any, role: str, needs_targets: bool) -> Any:
+    """`(X, y)` (also `X` alone, or `(X,)`, where no targets are needed) or a dict of aligned arrays,
+    as tensors; X may be a tuple, list or dict of arrays (a model with several inputs)."""
+    if isinstance(data, dict):
+        tree: Any = {key: as_tensor(value, f"{role} [{key!r}]") for key, value in data.items()}
+        if not tree:
+            raise ValueError(f"{role} data is an empty dict: give it one array per model input (and 'labels')")
+        _check_aligned(tree, role)
+        return tree
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        if needs_targets:
-            raise ValueError(f"{role} data has inputs but no targets: pass a pair (X, y)")
-        parts: Sequence[Any] = (data,)
-    elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 2:
-        parts = data
-    else:
+        data = (data,)
+    if not isinstance(data, (tuple, list)) or not 1 <= len(data) <= 2:
         raise TypeError(
-            f"{role} data must be a pair (X, y) of tensors or arrays, a Dataset or a DataLoader; "
+            f"{role} data must be a pair (X, y) of tensors or arrays, a dict of arrays, a Dataset or a DataLoader; "
             f"received {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
         )
-    if needs_targets and len(parts) < 2:
+    if needs_targets and (len(data) < 2 or data[1] is None):
         raise ValueError(f"{role} data has inputs but no targets: pass a pair (X, y)")
-    inputs = as_tensor(parts[0], f"{role} X")
-    targets = as_tensor(parts[1], f"{role} y") if len(parts) == 2 and (needs_targets or parts[1] is not None) else None
-    if inputs.ndim == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"{role} data is empty (X has shape {tuple(inputs.shape)}): it needs at least one sample")
-    if targets is not None and (targets.ndim == 0 or targets.shape[0] != inputs.shape[0]):
-        raise ValueError(
-            f"{role} X has {inputs.shape[0]} samples but y has {targets.shape[0] if targets.ndim else 0}: X and y need one row per sample"
-        )
-    if inputs.is_floating_point() and not _all_finite(inputs):
-        row = int((~torch.isfinite(inputs)).reshape(inputs.shape[0], -1).any(dim=1).nonzero()[0])
-        raise ValueError(f"{role} X contains NaN or Inf (first at row {row}): remove or impute those values")
-    if targets is not None and targets.is_floating_point() and not _all_finite(targets):
-        raise ValueError(f"{role} y contains NaN or Inf: remove those samples")
-    return inputs, targets
+    inputs = _inputs_tree(data[0], f"{role} X")
+    targets = as_tensor(data[1], f"{role} y") if len(data) == 2 and data[1] is not None else None
+    tree = (inputs, targets)
+    _check_aligned(tree, role)
+    return tree
+
+
+def _inputs_tree(inputs: Any, what: str) -> Any:
+    if isinstance(inputs, dict):
+        return {key: as_tensor(value, f"{what}[{key!r}]") for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in inputs):
+        return tuple(as_tensor(value, f"{what}[{i}]") for i, value in enumerate(inputs))  # one array per model input
+    return as_tensor(inputs, what)
+
+
+def _named_leaves(tree: Any, name: str) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(tree, torch.Tensor):
+        return [(name, tree)]
+    if isinstance(tree, dict):
+        return [leaf for key, value in tree.items() for leaf in _named_leaves(value, f"{name}[{key!r}]")]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for i, value in enumerate(tree) for leaf in _named_leaves(value, f"{name}[{i}]")]
+    return []
+
+
+def _check_aligned(tree: Any, role: str) -> None:
+    """One sample per row in every array, no NaN or Inf; errors name the array (X, y, X[0], ['labels'], ...)."""
+    named = _named_leaves(tree, "") if isinstance(tree, dict) else [*_named_leaves(tree[0], "X"), *_named_leaves(tree[1], "y")]
+    if not named:
+        raise ValueError(f"{role} data holds no arrays")
+    first_name, first = named[0]
+    if first.ndim == 0 or first.shape[0] == 0:
+        raise ValueError(f"{role} data is empty ({first_name} has shape {tuple(first.shape)}): it needs at least one sample")
+    n = first.shape[0]
+    for name, tensor in named[1:]:
+        if tensor.ndim == 0 or tensor.shape[0] != n:
+            rows = tensor.shape[0] if tensor.ndim else 0
+            raise ValueError(f"{role} {first_name} has {n} samples but {name} has {rows}: {first_name} and {name} need one row per sample")
+    for name, tensor in named:
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            if name == "y" or name.endswith("['labels']"):
+                raise ValueError(f"{role} {name} contains NaN or Inf: remove those samples")
+            row = int((~torch.isfinite(tensor)).reshape(tensor.shape[0], -1).any(dim=1).nonzero()[0])
+            raise ValueError(f"{role} {name} contains NaN or Inf (first at row {row}): remove or impute those values")
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -76,21 +76,26 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor] | None = None) -> None:
         if self.scaler is None:
-            optimizer.step()
+            optimizer.step() if closure is None else optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes a tensor
         else:
             self.scaler.step(optimizer)
             self.scaler.update()
 
 
+def tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
+    """`fn` applied to every tensor inside tuples, lists and dicts, the structure kept."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, (list, tuple)):
+        mapped = [tree_map(fn, item) for item in tree]
+        return type(tree)(mapped) if not hasattr(tree, "_fields") else type(tree)(*mapped)
+    if isinstance(tree, dict):
+        return {key: tree_map(fn, value) for key, value in tree.items()}
+    return tree
+
+
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """Moves tensors (also inside tuples, lists and dicts) to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, (list, tuple)):
-        moved = [to_device(item, device, non_blocking) for item in batch]
-        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
-    return batch
+    return tree_map(lambda t: t.to(device, non_blocking=non_blocking), batch)

@@ -173,10 +173,12 @@ def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name
 
 
 class MetricSet:
-    """The loss and the metrics of one pass over the data, accumulated on `device`."""
+    """The loss, the values a step logs (`value_names`) and the metrics of one pass over the data,
+    accumulated on `device` as sample-weighted sums."""
 
-    def __init__(self, metrics: Sequence[Metric], device: torch.device) -> None:
+    def __init__(self, metrics: Sequence[Metric], device: torch.device, value_names: Sequence[str] = ()) -> None:
         self.metrics = list(metrics)
+        self.value_names = list(value_names)
         self.device = device
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.reset()
@@ -184,6 +186,7 @@ class MetricSet:
     def reset(self) -> "MetricSet":
         self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.sums = [torch.zeros(m.size, dtype=self.dtype, device=self.device) for m in self.metrics]
+        self.value_sums = torch.zeros(len(self.value_names), dtype=self.dtype, device=self.device)
         self.count = 0
         self.grad_norm_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.grad_norm_steps = 0
@@ -198,6 +201,7 @@ class MetricSet:
         return {
             "loss_sum": self.loss_sum,
             "sums": list(self.sums),
+            "value_sums": self.value_sums,
             "count": self.count,
             "grad_norm_sum": self.grad_norm_sum,
             "grad_norm_steps": self.grad_norm_steps,
@@ -206,12 +210,27 @@ class MetricSet:
     def load_state_dict(self, state: dict) -> None:
         self.loss_sum = state["loss_sum"].to(self.device, self.dtype)
         self.sums = [s.to(self.device, self.dtype) for s in state["sums"]]
+        self.value_sums = state["value_sums"].to(self.device, self.dtype)
         self.count = int(state["count"])
         self.grad_norm_sum = state["grad_norm_sum"].to(self.device, self.dtype)
         self.grad_norm_steps = int(state["grad_norm_steps"])
 
-    def update(self, loss: torch.Tensor, outputs: torch.Tensor | None, targets: torch.Tensor | None, n: int) -> None:
+    def update(
+        self,
+        loss: torch.Tensor,
+        outputs: torch.Tensor | None,
+        targets: torch.Tensor | None,
+        n: int,
+        values: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.loss_sum.add_(loss.detach(), alpha=n)  # one op, in the sum's dtype
+        if values:
+            if list(values) != self.value_names:
+                raise ValueError(
+                    f"step(model, batch) returned the values {list(values)} here but {self.value_names} on the "
+                    "first batch: return the same keys for every batch"
+                )
+            self.value_sums.add_(torch.stack([v.detach().to(self.dtype) for v in values.values()]), alpha=n)
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
                 total += metric.batch_sums(outputs, targets, n)
@@ -226,17 +245,21 @@ class MetricSet:
         count, grad_norm_steps = self.count, self.grad_norm_steps
         if distributed.active():
             counts = torch.tensor([count, grad_norm_steps], dtype=self.dtype, device=self.device)
-            packed = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums, counts])
+            packed = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts])
             values = distributed.all_reduce_sum(packed).tolist()  # the one collective, and the one sync
             count, grad_norm_steps = int(values[-2]), int(values[-1])
         elif count == 0:
             return {}
         else:
-            values = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), *self.sums]).tolist()  # the one sync
+            values = torch.cat(
+                [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums]
+            ).tolist()  # the one sync
         if count == 0:
             return {}
         logs = {f"{prefix}loss": values[0] / count}
-        offset = 2
+        for i, name in enumerate(self.value_names):
+            logs[f"{prefix}{name}"] = values[2 + i] / count
+        offset = 2 + len(self.value_names)
         for metric in self.metrics:
             logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], count))
             offset += metric.size
