@@ -280,17 +280,18 @@ def test_lbfgs_gets_its_closure_and_equals_the_hand_written_one():
     )
     history = t.fit((X1, target), batch_size=N, shuffle=False)
     optimizer = torch.optim.LBFGS(theirs.parameters(), lr=0.5)
+    losses = []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(theirs(X1), target)
+        loss.backward()
+        losses.append(loss.item())
+        return loss
+
     first_losses = []
     for _ in range(2):
-        losses = []
-
-        def closure():
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(theirs(X1), target)
-            loss.backward()
-            losses.append(loss.item())
-            return loss
-
+        losses.clear()
         optimizer.step(closure)
         first_losses.append(losses[0])
     assert same_weights(model, theirs)
