@@ -69,6 +69,28 @@ SCRIPT = textwrap.dedent(
     torch.save(net.state_dict(), os.path.join(out, f"dataset{rank}.pt"))
     results["dataset"] = {"history": dict(history), "steps": trainer.state.global_step,
                           "batches": trainer.batches_per_epoch, "batch_losses": batch_losses.losses}
+    # a step of one's own that logs a value besides the loss, on ((X1, X2), y) inputs
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(2000 + rank)
+            self.a, self.b = nn.Linear(4, 16), nn.Linear(4, 16)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, a, b):
+            return self.head(torch.relu(self.a(a) + self.b(b)))
+
+    def step(model, batch):
+        (a, b), target = batch
+        logits = model(a, b)
+        loss = nn.functional.cross_entropy(logits, target)
+        return {"loss": loss, "margin": (logits[:, 1] - logits[:, 0]).abs().mean(), "outputs": logits, "targets": target}
+
+    net = TwoInputs()
+    trainer = gl.Trainer(net, lr=0.01, max_epochs=2, step=step, metrics=["accuracy"])
+    history = trainer.fit(((X[:, :4], X[:, 4:]), y), val=((Xv[:, :4], Xv[:, 4:]), yv), batch_size=16)
+    torch.save(net.state_dict(), os.path.join(out, f"step{rank}.pt"))
+    results["step"] = {"history": dict(history), "steps": trainer.state.global_step, "batches": trainer.batches_per_epoch}
     with open(os.path.join(out, f"results{rank}.json"), "w") as f:
         json.dump(results, f)
     """
@@ -123,7 +145,7 @@ def _without_time(history: dict) -> dict:
     return {k: v for k, v in history.items() if k != "time"}
 
 
-@pytest.mark.parametrize("run", ["tensors", "dataset"])
+@pytest.mark.parametrize("run", ["tensors", "dataset", "step"])
 def test_ranks_end_with_identical_weights_and_history(torchrun, run: str) -> None:
     out, _ = torchrun
     first, second = (torch.load(out / f"{run}{rank}.pt") for rank in (0, 1))
@@ -135,6 +157,8 @@ def test_ranks_end_with_identical_weights_and_history(torchrun, run: str) -> Non
     assert r0["steps"] == r1["steps"]
     if run == "dataset":
         assert len(r0["batch_losses"]) == 2 * 4 and r0["batch_losses"] == r1["batch_losses"]
+    if run == "step":
+        assert {"margin", "val_margin", "accuracy", "val_accuracy"} <= set(r0["history"])
 
 
 def test_each_rank_trains_on_its_padded_shard(torchrun) -> None:
@@ -170,9 +194,9 @@ def test_rank_zero_alone_writes_and_prints(torchrun) -> None:
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # one writer: no duplicated rows
     history = _results(out)[0]["tensors"]["history"]
     assert [float(r["val_loss"]) for r in rows] == pytest.approx(history["val_loss"], rel=1e-12)
-    # one progress line per epoch and run, from rank 0 only (the second run has no run_dir but prints too)
+    # one progress line per epoch and run, from rank 0 only (the runs without a run_dir print too)
     epoch_lines = [line for line in done.stdout.splitlines() if "val_loss" in line]
-    assert len(epoch_lines) == 3 + 2, done.stdout
+    assert len(epoch_lines) == 3 + 2 + 2, done.stdout
 
 
 def test_the_process_group_is_torn_down_at_exit(torchrun) -> None:
