@@ -111,3 +111,43 @@ def test_wine_callbacks(tmp_path):
     assert (run / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "metrics.csv").is_file()
+
+
+def epoch_line(label, text):
+    """The values of the line that starts with `label` (e.g. "final:"), as {"loss": 12.3, "recon": 10.1, ...}."""
+    lines = [line for line in text.splitlines() if line.startswith(label)]
+    assert lines, f"no {label!r} line in the output:\n{text}"
+    words = lines[-1].removeprefix(label).split()
+    return {name: float(value) for name, value in zip(words[::2], words[1::2])}
+
+
+def test_vae_logs_reconstruction_and_kl(tmp_path):
+    out = run_example("vae.py", "--epochs", 3, "--run-dir", "run", cwd=tmp_path)
+    first, final = epoch_line("first:", out), epoch_line("final:", out)
+    assert set(final) == {"loss", "recon", "kl"}
+    assert all(math.isfinite(v) for v in final.values())
+    assert final["loss"] < first["loss"]  # about 44 -> 39 per image in 3 epochs
+    assert final["loss"] == pytest.approx(final["recon"] + final["kl"], abs=1e-3)
+    header, *rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert {"loss", "recon", "kl", "val_loss", "val_recon", "val_kl"} <= set(header.split(","))
+    assert len(rows) == 3
+
+
+def test_two_inputs(tmp_path):
+    out = run_example("two_inputs.py", "--epochs", 10, cwd=tmp_path)
+    assert "12 numeric features and 1 categorical" in out
+    assert number_after("val_accuracy", final_line(out)) > 0.85  # chance is 1/3; 10 epochs reach about 1.0
+    assert out.count("predicted probabilities") == 3
+
+
+def test_text_classifier_with_its_own_loss(tmp_path):
+    out = run_example("text_classifier.py", "--epochs", 3, "--samples", 1000, cwd=tmp_path)
+    assert number_after("val_accuracy", final_line(out)) > 0.9  # chance is 0.5; 3 epochs reach about 1.0
+    assert "first 4 validation sequences: predicted" in out
+
+
+def test_sine_lbfgs(tmp_path):
+    out = run_example("sine_lbfgs.py", "--epochs", 2, "--waves", 10, "--length", 100, "--future", 20, cwd=tmp_path)
+    first, final = number_after("first loss", out), number_after("final loss", out)
+    assert math.isfinite(final) and final < first
+    assert math.isfinite(number_after("mse", out))
