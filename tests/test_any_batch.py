@@ -349,3 +349,17 @@ def test_a_model_without_its_own_loss_and_labels_without_a_loss_are_clear_errors
         trainer(TwoInputs()).fit({"a": X1, "b": X2})
     with pytest.raises(ValueError, match=r"metrics \['accuracy'\] need outputs and targets"):
         trainer(VAE(), step=vae_step, metrics=["accuracy"]).fit((X1, X1))
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __init__(self, X):
+        self.X = X
+
+    def __iter__(self):
+        return iter((x, x) for x in self.X)
+
+
+def test_values_of_a_step_on_data_that_cannot_be_sampled_ahead():
+    X1, _, _ = data()
+    history = trainer(VAE(), step=vae_step, max_epochs=2).fit(Stream(X1), val=Stream(X1[:32]), batch_size=32)
+    assert {"rec", "kl", "val_rec", "val_kl"} <= set(history)

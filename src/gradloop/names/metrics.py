@@ -225,6 +225,9 @@ class MetricSet:
     ) -> None:
         self.loss_sum.add_(loss.detach(), alpha=n)  # one op, in the sum's dtype
         if values:
+            if not self.value_names and self.count == 0:  # data that cannot be sampled ahead: the first batch tells
+                self.value_names = list(values)
+                self.value_sums = torch.zeros(len(values), dtype=self.dtype, device=self.device)
             if list(values) != self.value_names:
                 raise ValueError(
                     f"step(model, batch) returned the values {list(values)} here but {self.value_names} on the "
