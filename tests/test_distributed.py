@@ -227,3 +227,16 @@ def test_shards_match_distributed_sampler() -> None:
         assert len(plain) == distributed.shard_size(11, rank, 3, False)
     covered = sorted(i for r in range(3) for i in distributed.shard_index(order, r, 3, pad=False).tolist())
     assert covered == list(range(11))
+
+
+def test_a_users_loader_without_a_distributed_sampler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    dataset = TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+    plain = DataLoader(dataset, batch_size=4, shuffle=True)
+    assert distributed.unsharded_loader_warning(plain) is None  # one process: nothing to shard
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert "DistributedSampler(dataset)" in distributed.unsharded_loader_warning(plain)
+    sharded = DataLoader(dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=2, rank=0))
+    assert distributed.unsharded_loader_warning(sharded) is None

@@ -7,11 +7,13 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
@@ -127,6 +129,8 @@ class Trainer:
         if resume is not None and not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be None, 'last' or a checkpoint path; received: resume={resume!r}")
         train_batches = make_batches(train, batch_size, shuffle, self.device, "train", shard=True)
+        if isinstance(train, DataLoader) and (warning := distributed.unsharded_loader_warning(train)) and distributed.is_rank_zero():
+            warnings.warn(warning, stacklevel=2)
         val_batches = make_batches(val, batch_size, False, self.device, "val", shard=True) if val is not None else None
         self.value_names = check_model_fits_data(self.model, train_batches, self._step, self.metrics, "train") or []
         if val_batches is not None:

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import datetime
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,3 +165,21 @@ def shard_index(index: torch.Tensor, rank: int, world_size: int, pad: bool) -> t
         if total > index.numel():
             index = index.repeat(-(-total // index.numel()))[:total]
     return index[rank::world_size]
+
+
+def unsharded_loader_warning(loader: Any) -> str | None:
+    """Under torchrun, a user's DataLoader without a DistributedSampler gives every rank all the data:
+    the warning that names the fix (None when it is sharded, or when there is one process)."""
+    if not is_distributed():
+        return None
+    from torch.utils.data import DistributedSampler
+
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    samplers = (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None), batch_sampler)
+    if any(isinstance(sampler, DistributedSampler) for sampler in samplers):
+        return None
+    return (
+        "gradloop: under torchrun every rank reads the whole of this DataLoader (it has no DistributedSampler), so each "
+        "epoch trains on the data world_size times: build it with DataLoader(dataset, sampler=DistributedSampler(dataset), ...) "
+        "or pass the Dataset itself and gradloop shards it"
+    )
