@@ -363,3 +363,12 @@ def test_values_of_a_step_on_data_that_cannot_be_sampled_ahead():
     X1, _, _ = data()
     history = trainer(VAE(), step=vae_step, max_epochs=2).fit(Stream(X1), val=Stream(X1[:32]), batch_size=32)
     assert {"rec", "kl", "val_rec", "val_kl"} <= set(history)
+
+
+def test_predict_on_a_pair_of_inputs_says_how_to_pass_several():
+    X1, X2, _ = data()
+    t = trainer(TwoInputs())
+    with pytest.raises(TypeError, match=r"first element of each batch.*predict\(\(\(X1, X2\),\)\)"):
+        t.predict((X1, X2))  # read as (X, y), as for one input
+    assert t.predict(((X1, X2),)).shape == (N, CLASSES)
+    assert torch.equal(t.predict({"a": X1, "b": X2}), t.predict(((X1, X2),)))

@@ -69,7 +69,13 @@ class Step:
         if self.predict_fn is not None:
             return self.predict_fn(model, batch)
         inputs, _ = self.split(batch, needs_targets=False, keep_labels=self.loss_fn is None)
-        output = call_model(model, inputs)
+        try:
+            output = call_model(model, inputs)
+        except TypeError as err:  # the model wants more (or other) arguments than the batch's first element
+            raise TypeError(
+                f"predict calls the model with the first element of each batch, {describe(inputs)}: {first_line(err)}. "
+                "For a model with several inputs pass predict(((X1, X2),)) or a dict predict({'a': A, 'b': B})"
+            ) from err
         return logits_of(output) if has_logits(output) else output
 
     def split(self, batch: Any, needs_targets: bool, keep_labels: bool | None = None) -> tuple[Any, Any]:
