@@ -108,8 +108,9 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float | None = Field(None, ge=0.0)
-    loss: str | None = None  # default: cross_entropy (classification) or mse (regression)
-    metrics: list[str] | None = None  # default: accuracy (classification) or mae, r2 (regression)
+    loss: str | None = None  # default: cross_entropy (classification) or mse (regression); none with a step
+    metrics: list[str] | None = None  # default: accuracy (classification) or mae, r2 (regression); none with a step
+    step: str | None = None  # "package.module:function": gl.Trainer(step=...), step(model, batch) -> loss or dict
     max_epochs: int = Field(20, ge=1)
     max_steps: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
@@ -143,6 +144,18 @@ class TrainConfig(_Section):
         if name is not None:
             resolve_loss(name)  # raises ValueError naming the choices
         return name
+
+    @field_validator("step")
+    @classmethod
+    def _step_spec(cls, spec: str | None) -> str | None:
+        if spec is not None:
+            module, _, function = spec.partition(":")
+            if not module or not function:
+                raise ValueError(
+                    f"train.step {spec!r} must look like 'package.module:function', e.g. 'mycode:my_step' for a function "
+                    "my_step(model, batch) in mycode.py beside the config file"
+                )
+        return spec
 
     @field_validator("metrics")
     @classmethod

@@ -1,8 +1,10 @@
-"""The model zoo: `mlp`, `cnn`, or the user's `"package.module:factory"`.
+"""The model zoo: `mlp`, `cnn`, or the user's `"package.module:factory"`; and the user's
+`[train] step = "package.module:function"`.
 
 A factory is called as `factory(input_shape, num_outputs, **model.options)` and must return an
 `nn.Module`. Built-in regression models end in `OutputScale`, so they learn standardized targets
-yet predict (and report losses) in the data's own units.
+yet predict (and report losses) in the data's own units. Both are imported from the config's
+folder (the search paths), then the working directory, then sys.path.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import importlib
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..util import first_line
+from ..util import did_you_mean, first_line
 from .config import ModelConfig
 from .errors import UsageError
 from .prepare import DataSpec
@@ -133,25 +135,56 @@ def cnn(cfg: ModelConfig, input_shape: Sequence[int], num_outputs: int) -> nn.Se
     return nn.Sequential(*layers, nn.Flatten(), *dense, nn.Linear(features, num_outputs))
 
 
-def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, options: dict, search_paths: Sequence[Path] = ()) -> nn.Module:
-    """Imports `package.module:factory` (also from `search_paths`, e.g. the config's folder) and calls it."""
+def import_callable(spec: str, key: str, kind: str, search_paths: Sequence[Path] = ()) -> Callable[..., Any]:
+    """The callable `package.module:name` names (also found in `search_paths`, e.g. the config's folder).
+
+    `key` is the config key that names it (`model.name`, `train.step`) and `kind` what it must be
+    ("factory", "function"); a bad spec is a one-line UsageError naming both and the fix."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise UsageError(f"model.name {spec!r} must look like 'package.module:factory'")
+        raise UsageError(
+            f"{key} {spec!r} must look like 'package.module:{kind}', e.g. 'mycode:{_example(kind)}' for a {kind} "
+            f"{_example(kind)} in mycode.py beside the config file"
+        )
     for folder in (*search_paths, Path.cwd()):
         if str(folder) not in sys.path:
             sys.path.append(str(folder))
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or the user's module failing on import
-        raise UsageError(f"model.name {spec!r}: cannot import {module_name!r}: {type(err).__name__}: {first_line(err)}") from None
-    factory = module
+        fix = (
+            f"put {module_name.replace('.', '/')}.py beside the config file or on PYTHONPATH"
+            if isinstance(err, ModuleNotFoundError) and err.name is not None and module_name.startswith(err.name)
+            else "fix the error in the module"
+        )
+        raise UsageError(f"{key} {spec!r}: cannot import {module_name!r}: {type(err).__name__}: {first_line(err)}: {fix}") from None
+    found: Any = module
     for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise UsageError(f"model.name {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise UsageError(f"model.name {spec!r}: {attr!r} is not callable")
+        if not hasattr(found, part):
+            names = [n for n in dir(found) if not n.startswith("_")]
+            raise UsageError(
+                f"{key} {spec!r}: module {module_name!r} has no attribute {attr!r}{did_you_mean(part, names)}: "
+                f"name a {kind} defined in {module_name!r}"
+            )
+        found = getattr(found, part)
+    if not callable(found):
+        raise UsageError(f"{key} {spec!r}: {attr!r} is not callable (it is of type {type(found).__name__}): name a {kind}")
+    return found
+
+
+def _example(kind: str) -> str:
+    return "make_model" if kind == "factory" else "my_step"
+
+
+def resolve_step(spec: str | None, search_paths: Sequence[Path] = ()) -> Callable[..., Any] | None:
+    """`[train] step`: the user's `step(model, batch)` function (None when unset)."""
+    return None if spec is None else import_callable(spec, "train.step", "function", search_paths)
+
+
+def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, options: dict, search_paths: Sequence[Path] = ()) -> nn.Module:
+    """Imports `package.module:factory` (also from `search_paths`, e.g. the config's folder) and calls it."""
+    _, _, attr = spec.partition(":")
+    factory = import_callable(spec, "model.name", "factory", search_paths)
     call = ", ".join([f"input_shape={tuple(input_shape)}", f"num_outputs={num_outputs}", *(f"{k}={v!r}" for k, v in options.items())])
     try:
         model = factory(tuple(input_shape), num_outputs, **options)

@@ -51,16 +51,18 @@ def weights_file(run: SavedRun) -> Path:
 
 
 def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
-    """A Trainer (writing nothing) around the run's model with its trained weights loaded."""
+    """A Trainer (writing nothing) around the run's model with its trained weights loaded; a run
+    trained with a `train.step` evaluates with that step (its loss and logged values)."""
     import torch
 
     from .. import Trainer
     from ..persistence.checkpoint import CheckpointError, load
     from ..persistence.weights import load_weights
-    from .models import build_model
+    from .models import build_model, resolve_step
 
     if run.config.train.threads is not None:
         torch.set_num_threads(run.config.train.threads)
+    step = resolve_step(run.config.train.step, run.search_paths)
     model = build_model(run.config.model, run.spec, run.search_paths)
     source = weights_file(run)
     try:
@@ -81,6 +83,7 @@ def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
             device=train.device,
             precision=train.precision,
             default_callbacks=False,
+            step=step,
         )
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None

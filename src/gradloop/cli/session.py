@@ -36,6 +36,7 @@ class Session:
     data: Prepared
     model: Any  # nn.Module
     trainer: Any  # gl.Trainer
+    step: Any = None  # the resolved train.step function, or None
 
     @property
     def spec(self) -> DataSpec:
@@ -64,14 +65,17 @@ def resolve_paths(config: Config, base: Path | None) -> Config:
 
 def resolve_defaults(config: Config, spec: DataSpec) -> Config:
     """Fills in what the data decides: loss and metrics for the task. An unset monitor stays unset:
-    the callback's default (`val_loss`, `loss` without validation data) is resolved by the callback."""
+    the callback's default (`val_loss`, `loss` without validation data) is resolved by the callback.
+
+    With a `train.step` the step computes the loss: no loss is chosen, and no metrics unless given
+    (they would need the step's "outputs" and "targets")."""
     train = config.train
     classify = spec.task == "classification"
     updates: dict[str, Any] = {}
-    if train.loss is None:
+    if train.loss is None and train.step is None:
         updates["loss"] = "cross_entropy" if classify else "mse"
     if train.metrics is None:
-        updates["metrics"] = ["accuracy"] if classify else ["mae", "r2"]
+        updates["metrics"] = [] if train.step is not None else ["accuracy"] if classify else ["mae", "r2"]
     return config.model_copy(update={"train": train.model_copy(update=updates)})
 
 
@@ -143,10 +147,11 @@ def build(
     import torch
 
     from .. import Trainer
-    from .models import build_model
+    from .models import build_model, resolve_step
 
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
+    step = resolve_step(config.train.step, search_paths)  # before the data: a bad spec is the config's fault
     data = data or load_data(config, spec, check_finite=strict)
     config = resolve_defaults(config, data.spec)
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the seed too
@@ -170,6 +175,7 @@ def build(
             run_dir=run_dir,
             optimizer_options=train.optimizer_options() or None,
             default_callbacks=default_callbacks,
+            step=step,
         )
     except (ValueError, TypeError) as err:
         raise UsageError(f"[train]: {first_line(err)}") from None
@@ -180,8 +186,11 @@ def build(
         try:  # the model meets the data: output shape, label range, loss and metrics
             trainer.check_data(pair, role, config.data.batch_size)
         except (ValueError, TypeError) as err:
-            raise UsageError(f"model {config.model.name!r} does not fit the data ({data.spec.dataset}): {first_line(err)}") from None
-    return Session(config, data, model, trainer)
+            with_step = f" with train.step {config.train.step!r}" if config.train.step is not None else ""
+            raise UsageError(
+                f"model {config.model.name!r}{with_step} does not fit the data ({data.spec.dataset}): {first_line(err)}"
+            ) from None
+    return Session(config, data, model, trainer, step)
 
 
 def describe_device(trainer: Any) -> str:

@@ -26,6 +26,12 @@ train.lr_find             LR range test; suggested LR = min-loss LR / 10; lr_fin
 
 A check that does not apply (no val data, a regression task) is listed in `report.skipped`.
 
+With `step=` (the Trainer's `step(model, batch)`), the checks that train (train.*) train on the
+step's loss, and the data checks run as before; the checks that compare outputs with targets
+(model.output's fit rules, model.loss_fit, model.initial_loss, model.train_eval, data.labels,
+data.balance) use the step's "outputs" and "targets", judged by `loss`, and are skipped with the
+note "the step does not return outputs and targets" when it returns none.
+
 Only this module loads with `import gradloop`; the checks load on the first call.
 """
 
@@ -42,6 +48,7 @@ from torch import nn
 
 from ..names.losses import LossFn
 from ..names.optim import OptimizerSpec, check_optimizer_args
+from ..step import StepFn
 
 if TYPE_CHECKING:
     from .range_test import LRFindResult
@@ -60,7 +67,7 @@ def __getattr__(name: str) -> Any:
 def doctor(
     model: nn.Module,
     data: Any,
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = "cross_entropy",
     val: Any = None,
     optimizer: OptimizerSpec = "adam",
     lr: float | None = 1e-3,
@@ -75,6 +82,7 @@ def doctor(
     overfit_lr: float = 3e-3,
     lr_find_steps: int = 100,
     max_samples: int = 100_000,
+    step: StepFn | None = None,
 ) -> DoctorReport:
     """Runs the sanity checks that catch silently failing models, in seconds, before a long run.
 
@@ -89,6 +97,12 @@ def doctor(
     train/eval modes, and the global python/numpy/torch/CUDA RNG states, are left as they were.
     `seed` makes the checks repeatable (None: use the RNGs as they are, then restore them).
 
+    `step(model, batch)`, as `Trainer(step=...)` takes it, computes the loss the training checks use
+    (each batch is `(x, y)`, or `x` for data without targets). `loss` then only names what the step's
+    "outputs" and "targets" are, for the checks that compare them (loss=None: compared by shape only);
+    without them those checks are skipped. A step that raises, or returns what the Trainer refuses,
+    is a failing check naming the step.
+
     `checks` runs only the named checks or groups ("data", "model", "train", "train.overfit");
     the step counts trade thoroughness for time. With `run_dir`, writes `doctor.json` and
     `lr_find.png` there. Returns a `DoctorReport`: `.ok`, `.checks`, `print(report)`.
@@ -102,7 +116,7 @@ def doctor(
         run.check_writable(Path(run_dir))
     settings = run.make_settings(seed, overfit_steps, overfit_samples, overfit_lr, lr_find_steps, max_samples)
     started = time.perf_counter()
-    with run.session(model, data, loss, val, optimizer, lr, batch_size, device, settings) as ctx:
+    with run.session(model, data, loss, val, optimizer, lr, batch_size, device, settings, step) as ctx:
         report = DoctorReport([], [])
         for name, check in selected:
             begun = time.perf_counter()
@@ -122,7 +136,7 @@ def doctor(
 def lr_find(
     model: nn.Module,
     data: Any,
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = "cross_entropy",
     optimizer: OptimizerSpec = "adam",
     batch_size: int = 64,
     *,
@@ -133,16 +147,18 @@ def lr_find(
     device: str | torch.device = "auto",
     seed: int | None = 0,
     plot: str | os.PathLike[str] | None = None,
+    step: StepFn | None = None,
 ) -> LRFindResult:
     """The LR range test alone (see `gradloop.doctor.range_test` for the rule).
 
     Same inputs as `doctor`; an optimizer instance is cloned (class and hyperparameters) onto a
     copy of the model, so the model, the optimizer and the RNGs are left as they were. Raises
     ValueError when the data cannot be used. `smoothing` is the EMA factor (default: a window of
-    about 10 steps). `plot` writes the PNG there.
+    about 10 steps). `plot` writes the PNG there. With `step`, the test runs on the step's loss
+    (see `doctor`); a failing step raises ValueError.
     """
     from . import run
-    from .context import Settings
+    from .context import Settings, StepError
     from .range_test import current_lr, range_test
     from .report import Skip
 
@@ -151,14 +167,18 @@ def lr_find(
     run.positive_int("num_steps", num_steps)
     check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
     settings = Settings(seed=seed)
-    with run.session(model, data, loss, None, optimizer, None, batch_size, device, settings) as ctx:
+    with run.session(model, data, loss, None, optimizer, None, batch_size, device, settings, step) as ctx:
         if ctx.load_error is not None:
             raise ValueError(ctx.load_error)
+        if step is not None and ctx.probe_error is not None:  # there is no model.output to see here
+            raise ValueError(f"the LR range test cannot run: {ctx.probe_error}")
         try:
             result = range_test(ctx, float(start_lr), float(end_lr), num_steps, smoothing)
             result.current_lr = current_lr(ctx)
         except Skip as reason:
             raise ValueError(f"the LR range test cannot run: {reason}") from None
+        except StepError as err:
+            raise ValueError(f"the LR range test cannot run: {err}") from None
     if plot is not None:
         result.plot(plot)
     return result

@@ -1,4 +1,10 @@
-"""What every check sees: the working copy of the model, the data as tensors, the loss, settings."""
+"""What every check sees: the working copy of the model, the data as tensors, the loss (or the
+user's step), settings.
+
+The loss of a batch is always `Context.loss_of(x, y)`: the step's loss when a step is given (as the
+Trainer trains), else `loss(model(x), y)`. The step sees the batch as `(x, y)`, or, for a loader
+without targets, as its batches looked (`[x]` or `x`).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,19 @@ from ..checks import eval_mode
 from ..data.devices import to_device
 from ..names.losses import LossFn, loss_task
 from ..names.optim import OptimizerSpec
+from ..step import Step, StepFn, StepResult, describe
+from ..util import first_line
 from .inputs import Arrays
 from .preserve import ModelSnapshot
 from .report import Skip
+
+# Why the checks that compare outputs with targets do not apply to a step without them.
+NO_OUTPUTS = "the step does not return outputs and targets"
+
+
+class StepError(Exception):
+    """The user's step raised, or returned something the Trainer would refuse: the check fails naming it."""
+
 
 if TYPE_CHECKING:
     from .range_test import LRFindResult
@@ -40,7 +56,7 @@ class Context:
 
     model: nn.Module
     initial: ModelSnapshot
-    loss_fn: LossFn
+    loss_fn: LossFn | None  # None only with a step: nothing names how its outputs compare with its targets
     loss_name: str | None  # names.losses.loss_name: loss modules of a known class have their name
     optimizer: OptimizerSpec
     lr: float | None
@@ -57,6 +73,8 @@ class Context:
     excluded: str = ""  # why rows were left out of `usable`
     lr_result: LRFindResult | None = None
     param_map: dict[int, nn.Parameter] = field(default_factory=dict)  # id(user's parameter) -> working copy's
+    step: StepFn | None = None  # the user's step(model, batch): it computes the loss the checks train on
+    step_outputs: bool = False  # the step returns "outputs" and "targets" (learnt by the probe)
     _order: torch.Tensor | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ task
@@ -64,6 +82,8 @@ class Context:
     def task(self) -> str | None:
         """The loss's task (`names.losses.loss_task`), with "probabilities" for a class-index loss
         trained on float (N, C, ...) targets."""
+        if self.step is not None and not self.step_outputs:
+            return None  # the loss describes the step's outputs and targets: without them, nothing is known
         task = loss_task(self.loss_name)
         y = self.train.y if self.train is not None else None
         if task == "classification" and y is not None and y.is_floating_point() and y.ndim >= 2:
@@ -80,9 +100,16 @@ class Context:
         """The training split with targets; Skip when it could not be read."""
         if self.train is None or self.load_error is not None:
             raise Skip("the training data could not be read (see data.shapes)")
-        if not self.train.has_targets:
+        if not self.train.has_targets and self.step is None:  # a step may read batches without targets
             raise Skip("the training data has no targets (see data.shapes)")
         return self.train
+
+    def need_outputs(self) -> None:
+        """Skip for a step that does not return "outputs" and "targets" (nothing to compare)."""
+        if self.step is not None and self.probe_error is not None:
+            raise Skip("the step fails on the data (see model.output)")
+        if self.step is not None and not self.step_outputs:
+            raise Skip(NO_OUTPUTS)
 
     def need_inputs(self) -> Arrays:
         """The training split with its inputs as one tensor; Skip otherwise."""
@@ -102,7 +129,7 @@ class Context:
         """Skip unless the model runs on the data, its outputs fit the loss, and some rows are usable."""
         self.need_data()
         if self.probe_error is not None:
-            raise Skip("the model cannot process the data (see model.output)")
+            raise Skip(f"the {'step fails on' if self.step is not None else 'model cannot process'} the data (see model.output)")
         if self.usable is not None and self.usable.numel() == 0:
             raise Skip(f"no training row is usable: {self.excluded}")
         if self.fit_error is not None:
@@ -114,7 +141,7 @@ class Context:
             return None
         return self.train.y[self._usable()]
 
-    def batch(self, n: int) -> tuple[Any, torch.Tensor]:
+    def batch(self, n: int) -> tuple[Any, torch.Tensor | None]:
         """`n` usable training samples on the device, the same ones for every check (a seeded shuffle,
         so sorted data does not give a one-class batch). Raw loader batches: the first one."""
         train = self.need_data()
@@ -122,9 +149,9 @@ class Context:
             x, y = train.raw_batches[0]
             return to_device(x, self.device), to_device(y, self.device)
         rows = self._rows()[:n]
-        return train.X[rows].to(self.device), train.y[rows].to(self.device)  # type: ignore[index]
+        return train.X[rows].to(self.device), _rows_of(train.y, rows, self.device)
 
-    def stream(self, n: int) -> Iterator[tuple[Any, torch.Tensor]]:
+    def stream(self, n: int) -> Iterator[tuple[Any, torch.Tensor | None]]:
         """Endless batches of `n` usable samples, reshuffled (locally seeded) every pass."""
         train = self.need_data()
         if train.X is None:
@@ -138,7 +165,7 @@ class Context:
             order = usable[torch.randperm(usable.numel(), generator=generator)]
             for lo in range(0, order.numel() - n + 1, n):
                 rows = order[lo : lo + n]
-                yield train.X[rows].to(self.device), train.y[rows].to(self.device)  # type: ignore[index]
+                yield train.X[rows].to(self.device), _rows_of(train.y, rows, self.device)
 
     def _usable(self) -> torch.Tensor:
         assert self.train is not None and self.train.X is not None
@@ -159,3 +186,47 @@ class Context:
                 return self.model(inputs)
             with eval_mode(self.model):
                 return self.model(inputs)
+
+    # ------------------------------------------------------------------ the loss of a batch
+    def loss_of(self, x: Any, y: Any) -> torch.Tensor:
+        """The batch's loss as training computes it: the step's, else `loss(model(x), y)`. In the
+        model's current mode, with gradients unless the caller turned them off; StepError for a
+        failing step."""
+        if self.step is not None:
+            return self.run_step(x, y).loss
+        assert self.loss_fn is not None
+        return self.loss_fn(self.model(x), y)
+
+    def outputs_of(self, x: Any, y: Any, train: bool = False) -> tuple[Any, Any]:
+        """`(outputs, targets)` of a batch without gradients, in eval mode unless `train`: the step's
+        "outputs" and "targets" (Skip when it returns none), else `(model(x), y)`."""
+        if self.step is None:
+            return self.forward(x, train), y
+        self.need_outputs()
+        with torch.no_grad():
+            if train:
+                self.model.train()
+                result = self.run_step(x, y)
+            else:
+                with eval_mode(self.model):
+                    result = self.run_step(x, y)
+        if result.outputs is None or result.targets is None:
+            raise Skip(NO_OUTPUTS)
+        return result.outputs, result.targets
+
+    def run_step(self, x: Any, y: Any) -> StepResult:
+        """The user's step on the batch `(x, y)` (`[x]` or `x` alone for a loader of such batches without
+        targets), its value checked as the Trainer checks it; any failure is a StepError naming the step."""
+        assert self.step is not None
+        form = self.train.form if self.train is not None else "pair"
+        batch = (x, y) if y is not None else [x] if form == "single" else x
+        try:
+            return Step(None, None, self.step)(self.model, batch)
+        except Exception as err:
+            if "step(model, batch)" in str(err):  # the core's message about the value returned: it says how
+                raise StepError(first_line(err)) from err
+            raise StepError(f"step(model, batch) raised {type(err).__name__} on a batch {describe(batch)}: {first_line(err)}") from err
+
+
+def _rows_of(y: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return y[rows].to(device) if y is not None else None

@@ -58,7 +58,7 @@ def _describe(split: Arrays) -> str:
 
 def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
     role, X, y = split.role, split.X, split.y
-    if not split.has_targets:
+    if not split.has_targets and ctx.step is None:  # a step may read batches without targets
         return [(f"{split.role} data has no targets", "give the data as (X, y) pairs: the doctor needs targets to compute the loss")]
     if X is None or y is None:
         return []
@@ -116,6 +116,7 @@ def _first_feature(row_mask: torch.Tensor) -> str:
 
 def check_labels(ctx: Context) -> Check:
     train = ctx.need_labels()
+    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     task = ctx.task
     if task not in ("classification", "binary"):
         raise Skip(
@@ -168,6 +169,7 @@ def _check_binary_targets(ctx: Context) -> Check:
 
 def check_balance(ctx: Context) -> Check:
     train = ctx.need_labels()
+    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     y = train.y
     assert y is not None
     if ctx.task == "classification":

@@ -34,6 +34,7 @@ class Arrays:
     y: torch.Tensor | None = None
     raw_batches: list[Batch] = field(default_factory=list)
     note: str = ""  # e.g. "first 100000 of 250000 samples"
+    form: str = "pair"  # how a loader's batches looked: "pair" (x, y), "single" [x], "bare" x (what a step gets)
 
     @property
     def size(self) -> int:
@@ -76,8 +77,11 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
     xs: list[Any] = []
     ys: list[Any] = []
     count = 0
+    form = "pair"
     try:
         for item in loader:
+            if not xs:
+                form = _form(item)
             x, y = _split(item)
             xs.append(x)
             ys.append(y)
@@ -97,10 +101,16 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
         try:
             X = torch.cat([x.detach().cpu().reshape(x.shape if x.ndim else (1,)) for x in xs])
             y = torch.cat([y.detach().cpu().reshape(y.shape if y.ndim else (1,)) for y in ys]) if ys[0] is not None else None
-            return Arrays(role, X, y, note=note)
+            return Arrays(role, X, y, note=note, form=form)
         except RuntimeError:  # batches of different shapes (e.g. padded per batch): keep them raw
             pass
-    return Arrays(role, raw_batches=list(zip(xs, ys))[:RAW_BATCHES], note=note or f"first {min(len(xs), RAW_BATCHES)} batches")
+    return Arrays(role, raw_batches=list(zip(xs, ys))[:RAW_BATCHES], note=note or f"first {min(len(xs), RAW_BATCHES)} batches", form=form)
+
+
+def _form(item: Any) -> str:
+    if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
+        return "pair" if len(item) >= 2 else "single" if len(item) == 1 else "bare"
+    return "bare"
 
 
 def _split(item: Any) -> tuple[Any, Any]:

@@ -1,5 +1,8 @@
 """Checks of the untrained model against the data and the loss: shapes, final activation,
-initial loss vs. chance, and train/eval consistency. All run without gradients."""
+initial loss vs. chance, and train/eval consistency. All run without gradients.
+
+With a step, they compare the "outputs" and "targets" the step returns (by the rules of `loss`,
+which then names what the outputs are); a step that returns none has nothing to compare: skipped."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 from torch import nn
 
 from ..checks import fit_problem
+from ..step import describe
 from ..util import first_line
 from .context import Context
 from .report import Check, Skip, dtype_of, shape_of
@@ -19,6 +23,10 @@ from .report import Check, Skip, dtype_of, shape_of
 INITIAL_HIGH, INITIAL_LOW = 2.0, 0.5
 CHANCE_SAMPLES = 1024  # rows averaged for the initial loss
 FIT_ADVICE = "Trainer.fit refuses to start on this too; the checks that train are skipped until it is fixed"
+STEP_FIT_ADVICE = (
+    "return outputs and targets that fit the loss named by loss=... (the one they are judged by), or pass loss=None "
+    "to the doctor; the checks that train are skipped until it is fixed"
+)
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _BOUNDS = {
@@ -34,6 +42,8 @@ _BOUNDS = {
 
 def check_output(ctx: Context) -> Check:
     train = ctx.need_data()
+    if ctx.step is not None:
+        return _check_step_output(ctx)
     if ctx.probe_error is not None:
         x, _ = (train.X, None) if train.X is not None else train.raw_batches[0]
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -52,12 +62,46 @@ def check_output(ctx: Context) -> Check:
     return Check("model.output", "pass", f"outputs {shape_of(out)} fit targets {shape_of(y)} for {ctx.loss_name or 'the loss'}")
 
 
-def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
+def _check_step_output(ctx: Context) -> Check:
+    if ctx.probe_error is not None:
+        return Check(
+            "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
+        )
+    if ctx.usable is not None and ctx.usable.numel() == 0:
+        raise Skip(f"no training row is usable: {ctx.excluded}")
+    ctx.need_outputs()
+    x, y = ctx.batch(ctx.batch_size)
+    out, targets = ctx.outputs_of(x, y)
+    problem = ctx.fit_error or output_problem(ctx, out, targets)
+    if problem:
+        return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.loss_fn is not None else FIT_ADVICE)
+    judged = f"for {ctx.loss_name or 'the loss'}" if ctx.loss_fn is not None else "in number of samples (no loss given to judge them by)"
+    return Check("model.output", "pass", f"the step's outputs {shape_of(out)} fit its targets {shape_of(targets)} {judged}")
+
+
+def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
     """What keeps the outputs from being trained against `y` with the loss, and the fix; None if nothing.
 
-    The output/target rules of known losses are the core's (`checks.fit_problem`)."""
+    The output/target rules of known losses are the core's (`checks.fit_problem`). With a step, `out`
+    and `y` are its "outputs" and "targets"; without a loss to judge them by, they need only be
+    tensors with one row per sample alike."""
+    if ctx.step is not None:
+        for what, value in (("outputs", out), ("targets", y)):
+            if not isinstance(value, torch.Tensor) or value.ndim == 0:
+                return (
+                    f"the step returns {what}={describe(value)}: return 'outputs' and 'targets' as tensors with one row "
+                    "per sample (what metrics compare)"
+                )
+        if out.shape[0] != y.shape[0]:
+            return (
+                f"the step returns outputs {shape_of(out)} but targets {shape_of(y)}: return one row of each per sample "
+                "(what metrics compare)"
+            )
+        if ctx.loss_fn is None:
+            return None
     if not isinstance(out, torch.Tensor):
         return f"the model returns a {type(out).__name__}, not a tensor: return the output tensor (e.g. a HuggingFace model's .logits)"
+    assert ctx.loss_fn is not None
     problem = fit_problem(out, y, ctx.loss_name, "train", getattr(ctx.loss_fn, "ignore_index", None))
     if problem:
         return problem
@@ -74,8 +118,9 @@ def output_problem(ctx: Context, out: Any, y: torch.Tensor) -> str | None:
     return None
 
 
-def _last_module(ctx: Context, x: Any) -> tuple[str, nn.Module | None, torch.Tensor]:
-    """Runs the model once (eval, no grad) and names the leaf module whose output is the model's output."""
+def _last_module(ctx: Context, x: Any, y: Any) -> tuple[str, nn.Module | None, Any, Any]:
+    """Runs the model (or the step) once, eval, no grad, and names the leaf module whose output is the
+    output (the step's "outputs"); also returns the output and the targets."""
     calls: list[tuple[str, nn.Module, Any]] = []
     handles = [
         m.register_forward_hook(lambda mod, inp, out, name=name: calls.append((name, mod, out)))
@@ -83,22 +128,23 @@ def _last_module(ctx: Context, x: Any) -> tuple[str, nn.Module | None, torch.Ten
         if not list(m.children())
     ]
     try:
-        out = ctx.forward(x)
+        out, y = ctx.outputs_of(x, y)
     finally:
         for handle in handles:
             handle.remove()
     for name, module, result in reversed(calls):
         if result is out:
-            return name, module, out
-    return "", None, out
+            return name, module, out, y
+    return "", None, out, y
 
 
 def check_loss_fit(ctx: Context) -> Check:
     ctx.need_model_batch()
+    ctx.need_outputs()
     if ctx.loss_name is None:
-        raise Skip("a custom loss: the expected output range is unknown")
+        raise Skip(_unknown_loss(ctx, "the expected output range is unknown", "a custom loss: the expected output range is unknown"))
     x, y = ctx.batch(ctx.batch_size)
-    name, last, out = _last_module(ctx, x)
+    name, last, out, y = _last_module(ctx, x, y)
     if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not bool(torch.isfinite(out).all()):
         raise Skip("the outputs are not finite floats (see model.output, train.nan_origin)")
     final = f"final {type(last).__name__} ('{name}')" if last is not None else "final activation"
@@ -177,7 +223,7 @@ def check_loss_fit(ctx: Context) -> Check:
             )
         return Check("model.loss_fit", "pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
-    y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None else y
+    y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
         return Check(
@@ -192,8 +238,11 @@ def check_loss_fit(ctx: Context) -> Check:
 
 def check_initial_loss(ctx: Context) -> Check:
     ctx.need_model_batch()
+    ctx.need_outputs()
+    if ctx.loss_fn is None:
+        raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
     x, y = ctx.batch(CHANCE_SAMPLES)
-    out = ctx.forward(x)
+    out, y = ctx.outputs_of(x, y)
     with torch.no_grad():
         loss = float(ctx.loss_fn(out, y))
     chance, how = _chance(ctx, out, y)
@@ -233,20 +282,21 @@ def _chance(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[float, st
     if task == "binary":
         return math.log(2), "ln 2, a guess of 0.5"
     if task == "regression":
-        targets = ctx.usable_targets()
+        targets = ctx.usable_targets() if ctx.step is None else y  # the step's targets need not be the data's
         mean = (targets if targets is not None else y).float().mean(0).to(y.device)
         with torch.no_grad():
             return float(ctx.loss_fn(mean.expand_as(y).to(out.dtype), y)), "predicting mean(y)"
-    raise Skip("no chance level is known for a custom loss")
+    raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
 
 
 def check_train_eval(ctx: Context) -> Check:
     ctx.need_model_batch()
-    x, _ = ctx.batch(min(ctx.batch_size, 64))
+    ctx.need_outputs()
+    x, y = ctx.batch(min(ctx.batch_size, 64))
     if isinstance(x, torch.Tensor) and x.shape[0] < 2:
         raise Skip("a single training sample: batch statistics are undefined")
-    first, second = ctx.forward(x), ctx.forward(x)
-    training = ctx.forward(x, train=True)
+    first, second = ctx.outputs_of(x, y)[0], ctx.outputs_of(x, y)[0]
+    training = ctx.outputs_of(x, y, train=True)[0]
     if not all(isinstance(t, torch.Tensor) for t in (first, second, training)):
         raise Skip("the model does not return a tensor (see model.output)")
     tolerance = 1e-5 * (1 + float(first.abs().max()))
@@ -278,6 +328,13 @@ def check_train_eval(ctx: Context) -> Check:
     return Check(
         "model.train_eval", "pass", "train- and eval-mode outputs agree" + (" (no dropout or batch-norm module)" if not explained else "")
     )
+
+
+def _unknown_loss(ctx: Context, what: str, custom: str) -> str:
+    """Why a check needs a known loss: none was given (a step with loss=None), or it is the user's own."""
+    if ctx.loss_fn is None:
+        return f"no loss says what the step's outputs are (pass loss=...): {what}"
+    return custom
 
 
 def _mode_dependent(module: nn.Module) -> bool:

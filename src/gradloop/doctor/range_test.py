@@ -125,7 +125,7 @@ def range_test(ctx: Context, start_lr: float, end_lr: float, num_steps: int, smo
             group["lr"] = lr
         x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss = ctx.loss_fn(ctx.model(x), y)
+        loss = ctx.loss_of(x, y)
         value = loss.detach().item()  # a host sync per step: the stopping rule needs the value
         lrs.append(lr)
         losses.append(value)

@@ -12,12 +12,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..checks import eval_mode
 from ..data.devices import resolve_device, to_device
 from ..names.losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
 from ..names.optim import OptimizerSpec
+from ..step import StepFn
 from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
-from .context import Context, Settings
+from .context import Context, Settings, StepError
 from .inputs import DataError, read
 from .preserve import ModelSnapshot
 from .range_test import check_lr
@@ -31,25 +33,35 @@ CHECKS: tuple[tuple[str, CheckFn], ...] = (
     ("train.lr_find", check_lr),
 )
 CHECK_NAMES = tuple(name for name, _ in CHECKS)
+STEP_ADVICE = "fix step(model, batch): Trainer.fit calls it on every batch and would fail the same way"
 
 
 @contextlib.contextmanager
 def session(
     model: nn.Module,
     data: Any,
-    loss: str | LossFn,
+    loss: str | LossFn | None,
     val: Any,
     optimizer: OptimizerSpec,
     lr: float | None,
     batch_size: int,
     device: str | torch.device,
     settings: Settings,
+    step: StepFn | None = None,
 ) -> Iterator[Context]:
-    """Checks the arguments, then yields a Context over a working copy; restores everything on exit."""
+    """Checks the arguments, then yields a Context over a working copy; restores everything on exit.
+
+    With a `step`, the step's loss is what the checks train on; `loss` (None allowed) only says how
+    the step's "outputs" compare with its "targets", for the checks that look at them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
     positive_int("batch_size", batch_size)
-    loss_fn, loss_name = resolve_loss(loss)  # a loss module of a known class has its name: the same checks
+    if step is not None and not callable(step):
+        raise TypeError(f"step must be a function (model, batch) -> loss or dict with 'loss'; received: step={step!r}")
+    loss_fn: LossFn | None = None
+    loss_name: str | None = None
+    if loss is not None or step is None:  # without a step, loss=None is refused by resolve_loss
+        loss_fn, loss_name = resolve_loss(loss)  # type: ignore[arg-type]  # a loss module of a known class has its name
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         torch.cuda.init()  # the checks draw CUDA random numbers: its states must be saved even when seed is None
@@ -59,19 +71,22 @@ def session(
             ctx = Context(
                 model=work,
                 initial=ModelSnapshot.capture(work),
-                loss_fn=_on_device(loss_fn, where),
+                loss_fn=_on_device(loss_fn, where) if loss_fn is not None else None,
                 loss_name=loss_name,
                 optimizer=optimizer,
                 lr=lr,
                 device=where,
                 batch_size=batch_size,
                 settings=settings,
+                step=step,
             )
             ctx.param_map = {id(p): q for p, q in zip(model.parameters(), work.parameters())}
             _load(ctx, data, val)
-            for step in (_probe, _select_usable, _check_fit):
+            for stage in (_probe, _select_usable, _check_fit):
                 try:
-                    step(ctx)
+                    stage(ctx)
+                except StepError as err:  # the user's step meeting the user's data: reported by model.output
+                    ctx.probe_error = ctx.probe_error or str(err)
                 except Exception as err:  # the user's model meeting the user's data: reported by model.output
                     ctx.probe_error = ctx.probe_error or _error_line(err)
             ctx.initial = ModelSnapshot.capture(work)  # after the probe, which materializes lazy layers
@@ -122,10 +137,12 @@ def _load(ctx: Context, data: Any, val: Any) -> None:
 
 
 def _probe(ctx: Context) -> None:
-    """One forward pass (eval, no grad) on two samples, to learn the number of outputs."""
+    """One forward pass (eval, no grad) on two samples, to learn the number of outputs; with a step,
+    one run of the step, to learn whether it returns outputs and targets (and how many outputs)."""
     train = ctx.train
     if train is None:
         return
+    y: Any = None
     if train.X is not None:
         finite = (
             torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1)
@@ -136,9 +153,16 @@ def _probe(ctx: Context) -> None:
         if rows.numel() == 0:
             return
         x: Any = train.X[rows].to(ctx.device)
+        y = train.y[rows].to(ctx.device) if train.y is not None else None
     else:
-        x = to_device(train.raw_batches[0][0], ctx.device)
-    out = ctx.forward(x)
+        x, y = (to_device(part, ctx.device) for part in train.raw_batches[0])
+    if ctx.step is not None:
+        with torch.no_grad(), eval_mode(ctx.model):
+            result = ctx.run_step(x, y)
+        ctx.step_outputs = result.outputs is not None and result.targets is not None
+        out = result.outputs
+    else:
+        out = ctx.forward(x)
     if isinstance(out, torch.Tensor):
         ctx.n_outputs = int(out.shape[1]) if out.ndim >= 2 else 1
 
@@ -168,12 +192,16 @@ def _check_fit(ctx: Context) -> None:
     """Whether the outputs on two usable rows fit the targets and the loss: if not, the checks that
     train or compare losses are skipped rather than all failing with the same error."""
     train = ctx.train
-    if ctx.probe_error is not None or train is None or not train.has_targets or ctx.load_error is not None:
+    if ctx.probe_error is not None or train is None or ctx.load_error is not None:
+        return
+    if ctx.step is not None and not ctx.step_outputs:
+        return  # nothing to compare: the step's loss is all there is
+    if ctx.step is None and not train.has_targets:
         return
     if ctx.usable is not None and ctx.usable.numel() == 0:
         return
     x, y = ctx.batch(2)  # two rows, as Trainer.fit checks: the same problem in the same words
-    ctx.fit_error = model_checks.output_problem(ctx, ctx.forward(x), y)
+    ctx.fit_error = model_checks.output_problem(ctx, *ctx.outputs_of(x, y))
 
 
 def _error_line(err: BaseException) -> str:
@@ -187,6 +215,8 @@ def run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
         return check(ctx)
     except Skip as reason:
         return str(reason)
+    except StepError as err:
+        return Check(name, "fail", str(err), STEP_ADVICE)
     except Exception as err:
         return Check(
             name,

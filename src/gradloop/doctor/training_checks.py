@@ -1,5 +1,6 @@
 """Checks that run backward passes and optimizer steps: gradient flow, where NaN/Inf comes from,
-and whether the model can overfit one small batch."""
+and whether the model can overfit one small batch. The loss of a batch is `Context.loss_of`: the
+step's, with a step, as training computes it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..checks import eval_mode
 from .context import Context
 from .inputs import length
 from .report import Check, Skip, listed
@@ -32,7 +34,7 @@ def check_gradients(ctx: Context) -> Check:
             f"the model has no trainable parameters (all {len(named)} are frozen)",
             "unfreeze the layers to train with p.requires_grad_(True)",
         )
-    loss = ctx.loss_fn(ctx.model(x), y)
+    loss = ctx.loss_of(x, y)
     if not bool(torch.isfinite(loss)):
         raise Skip("the loss is not finite, so gradients are meaningless (see train.nan_origin)")
     loss.backward()
@@ -86,8 +88,7 @@ def check_nan_origin(ctx: Context) -> Check:
     ctx.model.train()
     trace = _Trace()
     with _hooks(ctx.model, trace):
-        out = ctx.model(x)
-        loss = ctx.loss_fn(out, y)
+        loss = ctx.loss_of(x, y)
         if trace.forward:
             name, module, inputs_finite, caller = trace.forward[0]
             if not inputs_finite:  # the value went bad in plain code between module calls
@@ -117,7 +118,9 @@ def check_nan_origin(ctx: Context) -> Check:
                 "train.nan_origin",
                 "fail",
                 f"forward pass: every module output is finite, but the loss is {loss.detach().item()}",
-                "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)",
+                "the step's own code produces it: check what it computes the loss from (e.g. log of 0)"
+                if ctx.step is not None
+                else "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)",
             )
         loss.backward()
     origin = _backward_origin(ctx.model, trace)
@@ -221,7 +224,7 @@ def check_overfit(ctx: Context) -> Check:
     steps = 0
     for steps in range(1, settings.overfit_steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss = ctx.loss_fn(ctx.model(x), y)
+        loss = ctx.loss_of(x, y)
         loss.backward()
         optimizer.step()
         if steps % 10 == 0 or steps == settings.overfit_steps:  # one host sync per 10 steps
@@ -256,9 +259,9 @@ def check_overfit(ctx: Context) -> Check:
     return Check("train.overfit", "pass", evidence)
 
 
-def _eval_loss(ctx: Context, x: Any, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float(ctx.loss_fn(ctx.forward(x), y))
+def _eval_loss(ctx: Context, x: Any, y: Any) -> float:
+    with torch.no_grad(), eval_mode(ctx.model):
+        return float(ctx.loss_of(x, y))
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -13,6 +13,7 @@ from ...doctor import doctor as run_doctor
 from ...util import first_line
 from ..config import validate
 from ..errors import UsageError
+from ..models import resolve_step
 from ..session import build, resolve_paths
 from ..tomlfile import apply_overrides, read_toml
 
@@ -21,6 +22,7 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
     path = Path(config_path)
     config = validate(apply_overrides(read_toml(path), overrides), str(path))
     config = resolve_paths(config, path.parent.resolve())
+    resolve_step(config.train.step, [path.parent.resolve()])  # a bad train.step is the config's fault: exit 2, not a failed check
     # lenient: data and model faults are the doctor's to report, not ours to reject
     try:
         session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
@@ -30,7 +32,8 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
         return 1
     train, data = session.config.train, session.data
     options = {
-        "loss": train.loss,
+        "loss": train.loss,  # with a step: what its outputs and targets are, if train.loss says (else None)
+        "step": session.step,
         "val": data.val,
         "optimizer": train.optimizer,
         "lr": train.lr,

@@ -64,7 +64,7 @@ def predict(run_dir: str, input_path: str, out: str | None = None) -> int:
     X = spec.inputs(table)
     trainer, _ = inference_trainer(run)
     try:
-        outputs = trainer.predict(X, run.config.data.batch_size).float()
+        outputs = _checked(trainer.predict(X, run.config.data.batch_size), spec, len(X), run.config.train.step).float()
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None
     if spec.task == "classification":
@@ -81,6 +81,31 @@ def predict(run_dir: str, input_path: str, out: str | None = None) -> int:
     if out is not None:
         print(f"gradloop: wrote {len(rows)} predictions to {out}", file=sys.stderr)
     return 0
+
+
+def _checked(outputs: Any, spec: Any, n: int, step: str | None) -> Any:
+    """The model's outputs when they are predictions for the run's task, else a UsageError. A run
+    trained with a `train.step` predicts with the model's forward all the same (the step computes
+    a loss, not predictions): a forward that returns anything else is refused here, in one line."""
+    import torch
+
+    from ...step import describe
+
+    if spec.task == "classification":
+        classes = len(spec.classes or ())
+        fits = isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and tuple(outputs.shape) == (n, classes)
+        wanted = f"a tensor ({n}, {classes}): one score per class"
+    else:
+        fits = isinstance(outputs, torch.Tensor) and outputs.ndim >= 1 and outputs.shape[0] == n
+        wanted = f"a tensor with {n} rows"
+    if fits:
+        return outputs
+    why = (
+        f" (train.step {step!r} trained it, but predict calls the model itself): make model(x) return the predictions"
+        if step is not None
+        else ""
+    )
+    raise UsageError(f"gradloop predict needs the model's output for the inputs to be {wanted}; it is {describe(outputs)}{why}")
 
 
 def _write_csv(header: list[str], rows: list[list[Any]], out: str | None) -> None:
