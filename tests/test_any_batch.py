@@ -372,3 +372,9 @@ def test_predict_on_a_pair_of_inputs_says_how_to_pass_several():
         t.predict((X1, X2))  # read as (X, y), as for one input
     assert t.predict(((X1, X2),)).shape == (N, CLASSES)
     assert torch.equal(t.predict({"a": X1, "b": X2}), t.predict(((X1, X2),)))
+
+
+def test_find_lr_with_a_step():
+    X1, _, _ = data()
+    result = trainer(VAE(), step=vae_step).find_lr((X1, X1), batch_size=32, num_steps=20)
+    assert len(result.lrs) == 20 and all(lr > 0 for lr in result.lrs)

@@ -335,9 +335,8 @@ class Trainer:
         """
         from .doctor import lr_find  # training itself does not need the doctor
 
-        if self.loss_fn is None:
-            raise ValueError("find_lr runs the loss itself: it needs a Trainer with loss=... (not a step or loss=None)")
-
+        if self.loss_fn is None and self._step.step_fn is None:
+            raise ValueError("find_lr needs a loss or a step: a model that computes its own loss (loss=None) takes step=...")
         if self.run_dir is not None and distributed.is_rank_zero():
             options.setdefault("plot", self.run_dir / "lr_find.png")
         return lr_find(
@@ -345,6 +344,7 @@ class Trainer:
             data,
             loss=self.loss_fn,
             optimizer=self.optimizer,
+            step=self._step.step_fn,
             batch_size=self._batch_size if batch_size is None else batch_size,
             device=self.device,
             **options,
