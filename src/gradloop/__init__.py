@@ -5,19 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .callbacks import (
-    Callback,
-    CSVLogger,
-    EarlyStopping,
-    JSONLLogger,
-    LRScheduler,
-    ModelCheckpoint,
-    PlotCurves,
-    ProgressBar,
-    ReduceLROnPlateau,
-    TensorBoardLogger,
-    TerminateOnNaN,
-)
+from . import callbacks
+from .callbacks import *  # noqa: F403  # every callback, as listed in callbacks.__all__
 from .doctor import doctor, lr_find  # the doctor's checks themselves load on the first call
 from .history import History
 from .persistence.checkpoint import CheckpointError
@@ -37,17 +26,7 @@ __all__ = [
     "load_weights",
     "CheckpointError",
     "RunDirLocked",
-    "Callback",
-    "CSVLogger",
-    "EarlyStopping",
-    "JSONLLogger",
-    "LRScheduler",
-    "ModelCheckpoint",
-    "PlotCurves",
-    "ProgressBar",
-    "ReduceLROnPlateau",
-    "TensorBoardLogger",
-    "TerminateOnNaN",
+    *callbacks.__all__,
     "doctor",
     "lr_find",
     *_DOCTOR_TYPES,

@@ -138,6 +138,15 @@ class TrainConfig(_Section):
         options: dict[str, Any] = {"weight_decay": self.weight_decay} if self.weight_decay else {}
         return options | ({"momentum": self.momentum} if self.momentum is not None else {})
 
+    def trainer_options(self) -> dict[str, Any]:
+        """The keyword arguments of gl.Trainer that this section sets (all but `step`, resolved elsewhere)."""
+        return {
+            "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "metrics": self.metrics,
+            "max_epochs": self.max_epochs, "max_steps": self.max_steps, "device": self.device, "precision": self.precision,
+            "grad_clip_norm": self.grad_clip_norm, "accumulate_grad_batches": self.accumulate_grad_batches,
+            "seed": self.seed, "optimizer_options": self.optimizer_options() or None,
+        }  # fmt: skip
+
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, name: str | None) -> str | None:

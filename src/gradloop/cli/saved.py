@@ -72,19 +72,8 @@ def inference_trainer(run: SavedRun) -> tuple[Any, Path]:
             model.load_state_dict(load(source)["model"])
     except (CheckpointError, RuntimeError) as err:
         raise UsageError(f"{source}: weights do not load into the run's model: {first_line(err)}") from None
-    train = run.config.train
     try:
-        trainer = Trainer(
-            model,
-            optimizer=train.optimizer,
-            lr=train.lr,
-            loss=train.loss,
-            metrics=train.metrics,
-            device=train.device,
-            precision=train.precision,
-            default_callbacks=False,
-            step=step,
-        )
+        trainer = Trainer(model, **run.config.train.trainer_options(), default_callbacks=False, step=step)
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None
     return trainer, source

@@ -156,24 +156,12 @@ def build(
     config = resolve_defaults(config, data.spec)
     torch.manual_seed(config.train.seed)  # the model's initial weights follow the seed too
     model = build_model(config.model, data.spec, search_paths)
-    train = config.train
     try:
         trainer = Trainer(
             model,
-            optimizer=train.optimizer,
-            lr=train.lr,
-            loss=train.loss,
-            metrics=train.metrics,
+            **config.train.trainer_options(),
             callbacks=[*(build_callbacks(config) if with_callbacks else []), *extra_callbacks],
-            max_epochs=train.max_epochs,
-            max_steps=train.max_steps,
-            device=train.device,
-            precision=train.precision,
-            grad_clip_norm=train.grad_clip_norm,
-            accumulate_grad_batches=train.accumulate_grad_batches,
-            seed=train.seed,
             run_dir=run_dir,
-            optimizer_options=train.optimizer_options() or None,
             default_callbacks=default_callbacks,
             step=step,
         )

@@ -16,7 +16,7 @@ from ..checks import fit_problem
 from ..step import describe
 from ..util import first_line
 from .context import Context
-from .report import Check, Skip, dtype_of, shape_of
+from .report import Check, Skip, Status, dtype_of, shape_of
 
 # An untrained model should score about chance; far above it is confidently wrong, far below
 # it knows what it cannot know yet (a label leaking into the inputs, or a broken loss).
@@ -138,6 +138,10 @@ def _last_module(ctx: Context, x: Any, y: Any) -> tuple[str, nn.Module | None, A
     return "", None, out, y
 
 
+def _loss_fit(status: Status, message: str, advice: str = "") -> Check:
+    return Check("model.loss_fit", status, message, advice)
+
+
 def check_loss_fit(ctx: Context) -> Check:
     ctx.need_model_batch()
     ctx.need_outputs()
@@ -156,84 +160,73 @@ def check_loss_fit(ctx: Context) -> Check:
     loss = ctx.loss_name
     if loss == "cross_entropy":
         if isinstance(last, (nn.Softmax, nn.Softmin)) or probs:
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "fail",
                 f"outputs already sum to 1 per row ({final}), but cross_entropy "
                 "applies log-softmax itself: gradients vanish and the loss cannot approach 0",
                 "remove the final Softmax and return raw logits; apply softmax only when reading probabilities",
             )
         if isinstance(last, (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh)):
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "fail",
                 f"the {final} squashes the logits into [{low:.2g}, {high:.2g}] before cross_entropy: the model cannot become confident",
                 "remove the final activation and return raw logits",
             )
         if isinstance(last, nn.LogSoftmax) or logprobs:
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "warn",
                 f"outputs are already log-probabilities ({final}); cross_entropy applies log-softmax again (harmless but redundant)",
                 "drop the LogSoftmax, or use loss='nll' to make it explicit",
             )
         if isinstance(last, (nn.ReLU, nn.Softplus)):
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "warn",
                 f"a {final} clips the logits at 0: a class cannot be voted down",
                 "remove the final activation and return raw logits",
             )
-        return Check(
-            "model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), as cross_entropy expects"
-        )
+        return _loss_fit("pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), as cross_entropy expects")
     if loss == "nll":
         if logprobs:
-            return Check("model.loss_fit", "pass", "outputs are log-probabilities, as nll expects")
+            return _loss_fit("pass", "outputs are log-probabilities, as nll expects")
         what = "probabilities" if probs else "not log-probabilities (exp(outputs) rows do not sum to 1)"
-        return Check(
-            "model.loss_fit",
+        return _loss_fit(
             "fail",
             f"nll needs log-probabilities but the outputs are {what} ({final})",
             "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits",
         )
     if loss == "bce_with_logits":
         if isinstance(last, (nn.Sigmoid, nn.Hardsigmoid)):
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "fail",
                 f"the {final} already maps outputs to [0, 1], and bce_with_logits applies a sigmoid again: the loss cannot approach 0",
                 "remove the final Sigmoid (or use loss='bce')",
             )
         if unit and out.numel() >= 8:
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "warn",
                 f"all outputs lie in [{low:.3g}, {high:.3g}]: they look like probabilities, but bce_with_logits expects raw logits",
                 "return raw scores; the loss applies the sigmoid itself",
             )
-        return Check("model.loss_fit", "pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects")
+        return _loss_fit("pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects")
     if loss == "bce":
         if not unit:
-            return Check(
-                "model.loss_fit",
+            return _loss_fit(
                 "fail",
                 f"bce needs probabilities in [0, 1] but outputs range over [{low:.3g}, {high:.3g}]",
                 "use loss='bce_with_logits' on raw scores (numerically safer than Sigmoid + bce)",
             )
-        return Check("model.loss_fit", "pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
+        return _loss_fit("pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
-        return Check(
-            "model.loss_fit",
+        return _loss_fit(
             "fail",
             f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
             f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
             "remove the final activation for a regression target (or rescale the targets into its range)",
         )
-    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
+    return _loss_fit("pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
 
 
 def check_initial_loss(ctx: Context) -> Check:
