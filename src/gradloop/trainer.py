@@ -27,7 +27,7 @@ from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .names.optim import OptimizerSpec, build_optimizer
 from .persistence import checkpoint, finding, layout, weights
 from .persistence.runlock import RunLock
-from .persistence.signals import GracefulStop
+from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of
 from .util import seed_everything, weights_are_finite
@@ -78,7 +78,8 @@ class Trainer:
         self.precision = Precision(resolve_precision(precision), self.device)
         self.model = model.to(self.device)
         # Under torchrun the training forward runs through DistributedDataParallel; `model` stays the user's.
-        self._train_model = distributed.wrap(self.model, self.device)
+        self._channel = distributed.StopChannel()  # under torchrun: stop flags ride on the gradient all-reduce
+        self._train_model = distributed.wrap(self.model, self.device, self._channel)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
         for name, fn in (("step", step), ("predict_step", predict_step)):
             if fn is not None and not callable(fn):
@@ -149,6 +150,7 @@ class Trainer:
         self.state, self.history = TrainState(), History()
         self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names))
         self.should_stop, self.stop_reason = False, None
+        self._stop = StopVote(self._signals, self._channel)
         if self.seed is not None:
             seed_everything(self.seed)
         found = self._find_resume_point(resume) if resume is not None else None
@@ -163,7 +165,7 @@ class Trainer:
         with self._signals:
             while not self._finished():
                 self._run_epoch(train, val)
-                if self._signals.received is not None:
+                if self._stop.code is not None or self._stop.at_epoch_end():
                     self._stop_on_signal()
         if self.stop_reason is None:
             self.stop_reason = "stopped by a callback" if self.should_stop else "max_steps" if self._max_steps_reached() else "max_epochs"
@@ -183,7 +185,7 @@ class Trainer:
         if self.resume_point.order is None:
             self.resume_point.start_epoch(train.new_order(), self.optimizer.param_groups[0]["lr"])
         logs = self._train_epoch(train)
-        if self._signals.received is not None:
+        if self._stop.code is not None:
             return  # stopped mid-epoch: the checkpoint resumes at this very step
         if val is not None:
             val_logs = self._evaluate(val, "val_", self.value_names)
@@ -229,7 +231,8 @@ class Trainer:
                 loss = distributed.all_reduce_sum(loss) / distributed.world()[1]
             if batch_listeners:
                 self.callbacks.call("on_train_batch_end", self, loss)
-            if self.should_stop or self._max_steps_reached() or (step_taken and self._signals.received is not None):
+            stop_voted = step_taken and self._stop.after_step()  # every rank votes at every step
+            if self.should_stop or self._max_steps_reached() or stop_voted:
                 break
         else:
             if self.state.batch_in_epoch % k and num_batches is None:  # an unsized loader ended mid-group
@@ -389,12 +392,20 @@ class Trainer:
         return path, saved
 
     def _stop_on_signal(self) -> None:
-        """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM)."""
-        name = self._signals.received.name if self._signals.received is not None else "signal"
+        """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM), on every rank alike."""
+        code = self._stop.code or 143
+        name = next((signum.name for signum, exit_code in EXIT_CODES.items() if exit_code == code), "a signal")
         self.stop_reason = f"interrupted by {name}"
         where = f"epoch {self.state.epoch}, step {self.state.global_step}"
-        if not distributed.is_rank_zero():
-            raise SystemExit(self._signals.exit_code)  # under torchrun rank 0 writes the resume point
+        if distributed.active():
+            self.resume_point.metrics.all_reduce()  # every rank's part of the epoch so far goes into rank 0's file
+            self._signals.leave()
+        if distributed.is_rank_zero():
+            self._write_resume_point(name, where)
+        distributed.barrier()  # the other ranks exit once rank 0's checkpoint is complete
+        raise SystemExit(code)
+
+    def _write_resume_point(self, name: str, where: str) -> None:
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
         elif not weights_are_finite(self.model):
@@ -403,7 +414,6 @@ class Trainer:
             path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
             print(f"gradloop: {name} at {where}: checkpoint written to {path}", file=sys.stderr)
             print(f"gradloop: resume with: {self.resume_command or layout.default_resume_hint(self.run_dir)}", file=sys.stderr)
-        raise SystemExit(self._signals.exit_code)
 
     # ----------------------------------------------------------------------------- helpers
     def logged_names(self, has_val: bool) -> list[str]:

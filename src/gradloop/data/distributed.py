@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 EXIT_BARRIER_TIMEOUT = datetime.timedelta(seconds=30)
+_VOTES: Any = None  # the Gloo group for stop votes, made with the process group
 
 
 def world() -> tuple[int, int, int]:
@@ -90,6 +91,26 @@ def init_if_needed(device: torch.device) -> None:
     atexit.register(_destroy_group)
 
 
+def vote_max(value: int) -> tuple[Any, torch.Tensor]:
+    """Starts a non-blocking MAX all-reduce of `value` over the CPU side channel: `(work, result)`;
+    `work.wait()`, then read `result`."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([value], dtype=torch.int64)
+    return dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_vote_group(), async_op=True), flag
+
+
+def _vote_group() -> Any:
+    """A Gloo group beside the training one: a CPU side channel (no device sync, even on NCCL), made
+    at the first use, which every rank reaches at the same point."""
+    import torch.distributed as dist
+
+    global _VOTES
+    if _VOTES is None:
+        _VOTES = dist.new_group(backend="gloo")
+    return _VOTES
+
+
 def _destroy_group() -> None:
     """Tears down the process group gradloop created: at exit, normal or by SystemExit or an error.
 
@@ -105,15 +126,58 @@ def _destroy_group() -> None:
     dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """The module the training forward runs through: DDP under torchrun, the model itself otherwise."""
+def wrap(model: nn.Module, device: torch.device, channel: StopChannel | None = None) -> nn.Module:
+    """The module the training forward runs through: DDP under torchrun (its gradient all-reduce
+    also carrying `channel`'s stop flags), the model itself otherwise."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     if device.type == "cuda":
-        return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
-    return DistributedDataParallel(model)
+        wrapped = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+    else:
+        wrapped = DistributedDataParallel(model)
+    if channel is not None:
+        wrapped.register_comm_hook(None, channel.hook)
+    return wrapped
+
+
+class StopChannel:
+    """Each rank's stop flag, summed over ranks inside DDP's gradient all-reduce of every step.
+
+    The hook is DDP's default (divide by the world size, then all-reduce), except that the last
+    bucket of a step travels with one more element: this rank's flag (0, or 1 for SIGTERM and
+    4096 for SIGINT). So the vote costs no collective of its own and no host sync: `reduced` is
+    the sum over ranks once the step's backward is done.
+    """
+
+    SIGTERM, SIGINT = 1, 4096
+
+    def __init__(self) -> None:
+        self.local = 0.0
+        self.reduced: torch.Tensor | None = None
+
+    def hook(self, _state, bucket):  # DDP checks the annotations: none, or torch's own
+        import torch.distributed as dist
+
+        buffer = bucket.buffer().div_(dist.get_world_size())
+        if not bucket.is_last():
+            return dist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
+        packed = torch.cat([buffer, buffer.new_full((1,), self.local)])
+
+        def unpack(fut: Any) -> torch.Tensor:
+            total = fut.value()[0]
+            self.reduced = total[-1:].clone()
+            return total[:-1]
+
+        return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
+
+    def exit_code(self) -> int:
+        """The agreed exit code (143, 130) from the last reduced flags, 0 when no rank was signalled."""
+        if self.reduced is None:
+            return 0
+        total = int(self.reduced.item())  # on CUDA this waits for that step's all-reduce: long done by the next step
+        return 143 if total % self.SIGINT else 130 if total else 0  # SIGTERM first, as the epoch-end vote (MAX)
 
 
 def _collective_device() -> torch.device:
@@ -133,6 +197,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     work = tensor.detach().to(_collective_device(), copy=True)
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
+
+
+def barrier() -> None:
+    """Waits for every rank (over the CPU side channel); nothing when alone."""
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier(group=_vote_group())
 
 
 def broadcast_int(value: int) -> int:

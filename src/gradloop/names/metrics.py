@@ -239,6 +239,15 @@ class MetricSet:
                 total += metric.batch_sums(outputs, targets, n)
         self.count += n
 
+    def all_reduce(self) -> None:
+        """Every rank's sums, added up, on every rank: a resume point that holds the whole epoch so far."""
+        counts = torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device)
+        parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts]
+        total = torch.split(distributed.all_reduce_sum(torch.cat(parts)), [part.numel() for part in parts])
+        self.loss_sum, self.grad_norm_sum = total[0].reshape(()).clone(), total[1].reshape(()).clone()
+        self.value_sums, self.sums = total[2].clone(), [chunk.clone() for chunk in total[3:-1]]
+        self.count, self.grad_norm_steps = (int(v) for v in total[-1].tolist())
+
     def compute(self, prefix: str = "") -> dict[str, float]:
         """Reads every sum in one host transfer and returns `{prefix + name: float}`.
 

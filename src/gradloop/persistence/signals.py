@@ -7,6 +7,8 @@ import threading
 from types import FrameType
 from typing import Any
 
+from ..data import distributed
+
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -19,6 +21,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
+        self.leaving = False
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -30,8 +33,13 @@ class GracefulStop:
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if signum == signal.SIGTERM and self.leaving else handler)
         self._previous.clear()
+
+    def leave(self) -> None:
+        """The process exits after this stop: a later SIGTERM (a launcher ending the others once one
+        rank has exited) is ignored, so that no rank dies in the middle of its orderly exit."""
+        self.leaving = True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -41,3 +49,46 @@ class GracefulStop:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.received] if self.received is not None else 0
+
+
+class StopVote:
+    """When to stop on a signal: at once alone; under torchrun, at the same optimizer step on every rank.
+
+    Under torchrun every rank's flag rides on the step's gradient all-reduce (`StopChannel`); after
+    each optimizer step every rank reads the flags of the step before (the same sum on every rank)
+    and puts its own in for the next one: a signal to any rank, or to several at different
+    instants, stops all of them a step or two later with the same exit code, without a collective
+    or a host sync of its own. At an epoch's end the vote is taken at once over a CPU side channel
+    (one blocking reduce per epoch).
+    """
+
+    def __init__(self, signals: GracefulStop, channel: distributed.StopChannel | None = None) -> None:
+        self.signals, self.channel = signals, channel
+        self.code: int | None = None  # the agreed exit code once the vote says stop
+        self._seen: int = 0  # the flags of the previous step, read at this one
+
+    def after_step(self) -> bool:
+        """True when every rank stops after this step."""
+        if self.channel is None or not distributed.active():
+            return self._decide(self.signals.exit_code)
+        agreed, self._seen = self._seen, self.channel.exit_code()
+        self.channel.local = _flag(self.signals.exit_code)
+        return self._decide(agreed)
+
+    def at_epoch_end(self) -> bool:
+        """True when every rank stops now (the flags of the last step, and every rank's own now)."""
+        if self.channel is None or not distributed.active():
+            return self._decide(self.signals.exit_code)
+        work, flag = distributed.vote_max(max(self.signals.exit_code, self._seen, self.channel.exit_code()))
+        work.wait()
+        self.channel.reduced, self._seen = None, 0
+        return self._decide(int(flag.item()))
+
+    def _decide(self, code: int) -> bool:
+        if code > 0:
+            self.code = code
+        return self.code is not None
+
+
+def _flag(exit_code: int) -> float:
+    return {143: distributed.StopChannel.SIGTERM, 130: distributed.StopChannel.SIGINT}.get(exit_code, 0)
