@@ -30,7 +30,7 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of
-from .util import seed_everything, weights_are_finite
+from .util import preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -60,6 +60,7 @@ class Trainer:
         optimizer_options: dict[str, Any] | None = None,
         step: StepFn | None = None,
         predict_step: PredictFn | None = None,
+        val_every_n_steps: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -99,6 +100,10 @@ class Trainer:
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
+        if val_every_n_steps is not None:
+            _check_positive_int("val_every_n_steps", val_every_n_steps)
+        self.val_every_n_steps = val_every_n_steps
+        self.validating_at_step: int | None = None  # the global step of a validation inside an epoch, while it runs
         self.seed = seed
         if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
             raise TypeError(f"run_dir must be a path or None; received: run_dir={run_dir!r}")
@@ -184,7 +189,7 @@ class Trainer:
             train.set_epoch(self.state.epoch)  # a user loader's DistributedSampler
         if self.resume_point.order is None:
             self.resume_point.start_epoch(train.new_order(), self.optimizer.param_groups[0]["lr"])
-        logs = self._train_epoch(train)
+        logs = self._train_epoch(train, val)
         if self._stop.code is not None:
             return  # stopped mid-epoch: the checkpoint resumes at this very step
         if val is not None:
@@ -200,7 +205,7 @@ class Trainer:
         self.state.step_in_epoch = self.state.batch_in_epoch = 0
         self.resume_point.end_epoch()
 
-    def _train_epoch(self, batches: Batches) -> dict[str, float]:
+    def _train_epoch(self, batches: Batches, val: Batches | None = None) -> dict[str, float]:
         self._train_model.train()
         meter = self.resume_point.metrics
         batch_listeners = self.callbacks.listens("on_train_batch_end")
@@ -232,12 +237,31 @@ class Trainer:
             if batch_listeners:
                 self.callbacks.call("on_train_batch_end", self, loss)
             stop_voted = step_taken and self._stop.after_step()  # every rank votes at every step
+            if step_taken and not stop_voted and self._validation_due(val, num_batches):
+                self._validate_inside_epoch(val)  # type: ignore[arg-type]
             if self.should_stop or self._max_steps_reached() or stop_voted:
                 break
         else:
             if self.state.batch_in_epoch % k and num_batches is None:  # an unsized loader ended mid-group
                 self._optimizer_step(meter)
         return meter.compute()
+
+    def _validation_due(self, val: Batches | None, num_batches: int | None) -> bool:
+        """Every `val_every_n_steps` optimizer steps, but not at the epoch's end: that validation comes anyway."""
+        every = self.val_every_n_steps
+        at_end = num_batches is not None and self.state.batch_in_epoch >= num_batches
+        return val is not None and every is not None and self.state.global_step % every == 0 and not at_end
+
+    def _validate_inside_epoch(self, val: Batches) -> None:
+        """A validation between two optimizer steps: `on_validation_end` sees its logs; the History does not.
+        It draws no random numbers, so training goes on exactly as without it."""
+        self.validating_at_step = self.state.global_step
+        try:
+            with preserved_rng():
+                logs = self._evaluate(val, "val_", self.value_names)
+            self.callbacks.call("on_validation_end", self, logs)
+        finally:
+            self.validating_at_step = None
 
     def _forward_backward(self, batch: Any, share: float | int, meter: MetricSet, sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""

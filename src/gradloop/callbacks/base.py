@@ -30,6 +30,9 @@ class Callback:
                          before its on_train_batch_end); skipped when
                          no callback listens
     on_validation_end    after validation, when val data is given     trainer, logs (val_* floats)
+                         (each epoch's end; with val_every_n_steps
+                         also inside the epoch: then
+                         trainer.validating_at_step is the step)
     on_epoch_end         after training and validation of an epoch    trainer, logs (floats)
     on_fit_end           once, when training ends for any reason       trainer
                          except an exception or a signal

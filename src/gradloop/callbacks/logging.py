@@ -102,6 +102,8 @@ class JSONLLogger(Callback):
     """Writes `metrics.jsonl` in the run directory (or `path`), one JSON object per line.
 
     - `{"type": "epoch", "epoch": E, "loss": ..., "val_loss": ..., "lr": ..., "time": ...}` per epoch;
+    - `{"type": "validation", "epoch": E, "global_step": S, "val_loss": ...}` for each validation
+      inside an epoch (`Trainer(val_every_n_steps=...)`);
     - `{"type": "step", "epoch": E, "global_step": S, "loss": ...}` every `log_every_n_steps`
       optimizer steps (`None` for none); `loss` is the loss of the batch that completed step S.
       Each step row reads that loss from the device: one host sync per `log_every_n_steps` steps.
@@ -136,7 +138,11 @@ class JSONLLogger(Callback):
         file = run_file(trainer, self.path, "metrics.jsonl", "JSONLLogger")
         step = trainer.state.global_step
         kept = read_jsonl(file) if step > 0 and file.is_file() else []
-        rows = [r for r in kept if r.get("type") == "step" and isinstance(r.get("global_step"), int) and r["global_step"] <= step]
+        rows = [
+            r
+            for r in kept
+            if r.get("type") in ("step", "validation") and isinstance(r.get("global_step"), int) and r["global_step"] <= step
+        ]
         rows += [{"type": "epoch", "epoch": e, **logs} for e, logs in enumerate(trainer.history.epochs)]
         rows.sort(key=_row_position)
         atomic_write(file, "".join(_dumps(r) for r in rows), durable=False)
@@ -151,6 +157,10 @@ class JSONLLogger(Callback):
         self._loss = loss
         if self._step_due:
             self._write_step(trainer)
+
+    def on_validation_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if trainer.validating_at_step is not None:  # the epoch's own validation is part of its epoch row
+            self._write({"type": "validation", "epoch": trainer.state.epoch, "global_step": trainer.validating_at_step, **logs})
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if self._step_due:  # a step after the epoch's last batch (an unsized loader that ended mid-group)
@@ -179,7 +189,7 @@ class JSONLLogger(Callback):
 def _row_position(row: dict[str, Any]) -> tuple[int, int, int]:
     """Step rows of an epoch, in step order, then that epoch's row."""
     epoch = row["epoch"] if isinstance(row.get("epoch"), int) else 0
-    if row.get("type") == "step":
+    if row.get("type") in ("step", "validation"):
         return (epoch, 0, row["global_step"])
     return (epoch, 1, 0)
 
