@@ -200,3 +200,16 @@ def describe(tree: Any) -> str:
         inner = ", ".join(describe(v) for v in tree)
         return f"({inner})" if isinstance(tree, tuple) else f"[{inner}]"
     return type(tree).__name__
+
+
+def concatenate(outputs: list[Any]) -> Any:
+    """Per-batch predictions as one result on the CPU: tensors concatenated, tuples and dicts field by field."""
+    first = outputs[0]
+    if isinstance(first, dict):
+        return {key: concatenate([o[key] for o in outputs]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(concatenate([o[i] for o in outputs]) for i in range(len(first)))
+    predictions = torch.cat(outputs).cpu()
+    if predictions.dtype in (torch.float16, torch.bfloat16):  # autocast's dtype: numpy cannot take bfloat16
+        predictions = predictions.float()
+    return predictions

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
 import time
@@ -24,12 +23,12 @@ from .data.devices import Precision, resolve_device, resolve_precision
 from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
-from .names.optim import OptimizerSpec, build_optimizer
+from .names.optim import OptimizerSpec, build_optimizer, check_closure_settings, needs_closure
 from .persistence import checkpoint, finding, layout, weights
 from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
-from .step import PredictFn, Step, StepFn, StepResult, batch_size_of
+from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
 from .util import preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ class Trainer:
         self._step = Step(self.loss_fn, self.loss_name, step, predict_step)
         self._closure = needs_closure(self.optimizer)
         if self._closure:
-            _check_closure_settings(self.optimizer, accumulate_grad_batches, grad_clip_norm, precision)
+            check_closure_settings(self.optimizer, accumulate_grad_batches, grad_clip_norm, self.precision.name)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -352,7 +351,7 @@ class Trainer:
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
                     outputs.append(self._step.predict(self.model, batch))
-        return _concatenate(outputs)
+        return concatenate(outputs)
 
     def find_lr(self, data: Any, batch_size: int | None = None, **options: Any) -> "LRFindResult":
         """LR range test on a copy of the model with a fresh optimizer like this trainer's.
@@ -509,37 +508,6 @@ def _count(meter: MetricSet, result: StepResult, batch: Any) -> torch.Tensor:
     size = batch_size_of(result.targets if isinstance(result.targets, torch.Tensor) else batch)
     meter.update(loss, outputs, result.targets, size, result.values)
     return loss
-
-
-def _concatenate(outputs: list[Any]) -> Any:
-    """Per-batch predictions as one result on the CPU: tensors concatenated, tuples and dicts field by field."""
-    first = outputs[0]
-    if isinstance(first, dict):
-        return {key: _concatenate([o[key] for o in outputs]) for key in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concatenate([o[i] for o in outputs]) for i in range(len(first)))
-    predictions = torch.cat(outputs).cpu()
-    if predictions.dtype in (torch.float16, torch.bfloat16):  # autocast's dtype: numpy cannot take bfloat16
-        predictions = predictions.float()
-    return predictions
-
-
-def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """The optimizer's `step` takes a closure it must call (torch.optim.LBFGS)."""
-    closure = inspect.signature(optimizer.step).parameters.get("closure")
-    return closure is not None and closure.default is inspect.Parameter.empty
-
-
-def _check_closure_settings(optimizer: torch.optim.Optimizer, accumulate: int, clip: float | None, precision: str) -> None:
-    name = type(optimizer).__name__
-    if accumulate != 1:
-        raise ValueError(
-            f"{name} re-evaluates each batch itself (a closure): it cannot accumulate gradients; use accumulate_grad_batches=1"
-        )
-    if clip is not None:
-        raise ValueError(f"{name} computes its own steps from the gradients of its closure: grad_clip_norm does not apply; remove it")
-    if resolve_precision(precision) == "16-mixed":
-        raise ValueError(f"{name} needs a closure, which torch's GradScaler cannot step: use precision='bf16-mixed' or '32'")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

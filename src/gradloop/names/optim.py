@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable
 
 import torch
@@ -97,3 +98,22 @@ def _check_owns_model(optimizer: torch.optim.Optimizer, model: torch.nn.Module) 
                     "the optimizer holds parameters that are not the model's: build it from "
                     "model.parameters() of the model passed to Trainer"
                 )
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer's `step` takes a closure it must call (torch.optim.LBFGS)."""
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def check_closure_settings(optimizer: torch.optim.Optimizer, accumulate: int, clip: float | None, precision: str) -> None:
+    """What an optimizer that re-evaluates the batch itself cannot be combined with (`precision`: a canonical name)."""
+    name = type(optimizer).__name__
+    if accumulate != 1:
+        raise ValueError(
+            f"{name} re-evaluates each batch itself (a closure): it cannot accumulate gradients; use accumulate_grad_batches=1"
+        )
+    if clip is not None:
+        raise ValueError(f"{name} computes its own steps from the gradients of its closure: grad_clip_norm does not apply; remove it")
+    if precision == "16-mixed":
+        raise ValueError(f"{name} needs a closure, which torch's GradScaler cannot step: use precision='bf16-mixed' or '32'")
