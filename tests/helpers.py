@@ -1,5 +1,8 @@
 """Small pieces shared by several test files."""
 
+import csv
+
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -26,3 +29,42 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i):
         return self.X[i], self.y[i]
+
+
+LABELS = ["cat", "dog", "eel"]
+
+BLOBS_CONFIG = """
+[data]
+path = "blobs.csv"
+target = "animal"
+batch_size = 16
+[model]
+hidden = [8]
+[train]
+max_epochs = 2
+"""
+
+
+def write_blobs_csv(path, n=150, seed=0, with_target=True):
+    """Three well-separated clusters in 4-D with text labels (a CSV for the command line)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, 4)) + np.eye(3, 4)[labels] * 4
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["f1", "f2", "f3", "f4"] + (["animal"] if with_target else []))
+        for x, label in zip(X, labels):
+            writer.writerow([f"{v:.5f}" for v in x] + ([LABELS[label]] if with_target else []))
+    return [LABELS[i] for i in labels]
+
+
+def run_cli(capsys, *args):
+    """(exit code, stdout, stderr) of `gradloop ARGS` run in this process."""
+    from gradloop.cli.main import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

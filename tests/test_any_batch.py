@@ -59,6 +59,20 @@ def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def fit_and_hand_loop(make_model, fit, batches, forward_loss):
+    """`fit(model)` on one copy and the hand-written loop on another, both from the same weights and
+    the same global RNG state; returns (ours, theirs, what fit returned)."""
+    torch.manual_seed(0)
+    ours = make_model()
+    theirs = copy.deepcopy(ours)
+    torch.manual_seed(1)
+    result = fit(ours)
+    torch.manual_seed(1)
+    hand_loop(theirs, batches, forward_loss)
+    assert same_weights(ours, theirs)
+    return ours, theirs, result
+
+
 def trainer(model, **kwargs):
     kwargs = {"optimizer": "sgd", "lr": 0.1, "max_epochs": 1, "default_callbacks": False, "device": "cpu", **kwargs}
     return gl.Trainer(model, **kwargs)
@@ -72,41 +86,37 @@ def loader(*tensors, batch_size=16):
 @pytest.mark.parametrize("form", ["tuple", "dict"])
 def test_several_inputs_train_exactly_like_the_hand_written_loop(form):
     X1, X2, y = data()
-    torch.manual_seed(0)
-    ours = TwoInputs()
-    theirs = copy.deepcopy(ours)
     inputs = (X1, X2) if form == "tuple" else {"a": X1, "b": X2}
-    torch.manual_seed(1)
-    history = trainer(ours, loss=nn.CrossEntropyLoss()).fit((inputs, y), batch_size=16)
-    torch.manual_seed(1)
-    hand_loop(theirs, loader(X1, X2, y), lambda m, b: nn.functional.cross_entropy(m(b[0], b[1]), b[2]))
-    assert same_weights(ours, theirs)
+    _, _, history = fit_and_hand_loop(
+        TwoInputs,
+        lambda model: trainer(model, loss=nn.CrossEntropyLoss()).fit((inputs, y), batch_size=16),
+        loader(X1, X2, y),
+        lambda m, b: nn.functional.cross_entropy(m(b[0], b[1]), b[2]),
+    )
     assert list(history) == ["loss", "accuracy", "lr", "time"]
 
 
 def test_a_dict_of_arrays_with_a_loss_takes_the_labels_as_targets():
     X1, X2, y = data()
-    torch.manual_seed(0)
-    ours = TwoInputs()
-    theirs = copy.deepcopy(ours)
-    torch.manual_seed(1)
-    trainer(ours).fit({"a": X1, "b": X2, "labels": y}, batch_size=16)
-    torch.manual_seed(1)
-    hand_loop(theirs, loader(X1, X2, y), lambda m, b: nn.functional.cross_entropy(m(a=b[0], b=b[1]), b[2]))
-    assert same_weights(ours, theirs)
+    fit_and_hand_loop(
+        TwoInputs,
+        lambda model: trainer(model).fit({"a": X1, "b": X2, "labels": y}, batch_size=16),
+        loader(X1, X2, y),
+        lambda m, b: nn.functional.cross_entropy(m(a=b[0], b=b[1]), b[2]),
+    )
 
 
 def test_a_model_that_computes_its_own_loss():
     X1, X2, y = data()
-    torch.manual_seed(0)
-    ours = OwnLoss()
-    theirs = copy.deepcopy(ours)
-    torch.manual_seed(1)
-    t = trainer(ours, loss=None, metrics=["accuracy"])
-    history = t.fit({"a": X1, "b": X2, "labels": y}, val={"a": X1, "b": X2, "labels": y}, batch_size=16)
-    torch.manual_seed(1)
-    hand_loop(theirs, loader(X1, X2, y), lambda m, b: m(b[0], b[1], labels=b[2]).loss)
-    assert same_weights(ours, theirs)
+    batches = {"a": X1, "b": X2, "labels": y}
+    t = None
+
+    def fit(model):
+        nonlocal t
+        t = trainer(model, loss=None, metrics=["accuracy"])
+        return t.fit(batches, val=batches, batch_size=16)
+
+    _, theirs, history = fit_and_hand_loop(OwnLoss, fit, loader(X1, X2, y), lambda m, b: m(b[0], b[1], labels=b[2]).loss)
     with torch.no_grad():
         logits = theirs(X1, X2).logits
     assert history["val_accuracy"][0] == pytest.approx((logits.argmax(1) == y).double().mean().item())
@@ -128,14 +138,12 @@ class DictDataset(Dataset):
 
 def test_a_dataset_of_dicts_goes_through_a_dataloader_unchanged():
     X1, X2, y = data()
-    torch.manual_seed(0)
-    ours = OwnLoss()
-    theirs = copy.deepcopy(ours)
-    torch.manual_seed(1)
-    trainer(ours, loss=None).fit(DictDataset(X1, X2, y), batch_size=16)
-    torch.manual_seed(1)
-    hand_loop(theirs, DataLoader(DictDataset(X1, X2, y), batch_size=16, shuffle=True), lambda m, b: m(**b).loss)
-    assert same_weights(ours, theirs)
+    fit_and_hand_loop(
+        OwnLoss,
+        lambda model: trainer(model, loss=None).fit(DictDataset(X1, X2, y), batch_size=16),
+        DataLoader(DictDataset(X1, X2, y), batch_size=16, shuffle=True),
+        lambda m, b: m(**b).loss,
+    )
 
 
 def test_lengths_that_differ_inside_the_structure_name_the_array():

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from gradloop.cli.main import main
-
-LABELS = ["cat", "dog", "eel"]
+from helpers import LABELS, write_blobs_csv
 
 
 def gradloop(*args, cwd, timeout=240):
@@ -44,19 +43,6 @@ def cli(capsys, *args):
 def ok(process):
     assert process.returncode == 0, f"exit {process.returncode}\nstdout:\n{process.stdout}\nstderr:\n{process.stderr}"
     return process
-
-
-def write_blobs_csv(path, n=150, seed=0, with_target=True):
-    """Three well-separated clusters in 4-D with text labels."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    X = rng.normal(size=(n, 4)) + np.eye(3, 4)[labels] * 4
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["f1", "f2", "f3", "f4"] + (["animal"] if with_target else []))
-        for x, label in zip(X, labels):
-            writer.writerow([f"{v:.5f}" for v in x] + ([LABELS[label]] if with_target else []))
-    return [LABELS[i] for i in labels]
 
 
 def write_idx(path, array):

@@ -15,18 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradloop.cli.main import main
+from helpers import BLOBS_CONFIG
+from helpers import run_cli as run
 
-GOOD_CONFIG = """
-[data]
-path = "blobs.csv"
-target = "animal"
-batch_size = 16
-[model]
-hidden = [8]
-[train]
-max_epochs = 1
-"""
+GOOD_CONFIG = BLOBS_CONFIG.replace("max_epochs = 2", "max_epochs = 1")
 
 
 def write_blobs(path, n=60, labels=("cat", "dog", "eel")):
@@ -36,16 +28,6 @@ def write_blobs(path, n=60, labels=("cat", "dog", "eel")):
         writer.writerow(["f1", "f2", "animal"])
         for i in range(n):
             writer.writerow([f"{rng.normal():.4f}", f"{rng.normal():.4f}", labels[i % len(labels)]])
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of `gradloop ARGS` run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_usage_error(capsys, args, *expected, run_dir="runs"):

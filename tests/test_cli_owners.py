@@ -15,19 +15,11 @@ from gradloop.cli.session import build
 from gradloop.data import devices
 from gradloop.names.optim import check_optimizer_args
 from gradloop.util import first_line
+from helpers import BLOBS_CONFIG, run_cli
 
 WINE = {"data": {"name": "wine"}}
 
-BLOBS = """
-[data]
-path = "blobs.csv"
-target = "animal"
-batch_size = 16
-[model]
-hidden = [8]
-[train]
-max_epochs = 2
-"""
+BLOBS = BLOBS_CONFIG
 
 
 @pytest.fixture
@@ -40,12 +32,7 @@ def blobs(tmp_path):
 def run(capsys, tmp_path, text, *args):
     """(exit code, stdout, stderr) of `gradloop fit run.toml ARGS` with `text` as the config."""
     (tmp_path / "run.toml").write_text(text)
-    try:
-        code = main(["fit", "run.toml", *args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "fit", "run.toml", *args)
 
 
 def fit_error(capsys, tmp_path, text):

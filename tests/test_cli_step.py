@@ -10,12 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from gradloop.cli.main import main
-
-LABELS = ["cat", "dog", "eel"]
+from helpers import BLOBS_CONFIG, write_blobs_csv
+from helpers import run_cli as run
 
 STEPS = '''
 import torch
@@ -59,49 +57,18 @@ def pair_step(model, batch):
 NOT_A_FUNCTION = 3
 '''
 
-CONFIG = """
-[data]
-path = "blobs.csv"
-target = "animal"
-batch_size = 16
-[model]
-hidden = [8]
-[train]
-max_epochs = 2
-lr = 0.01
-"""
-
-
-def write_blobs_csv(path: Path, n: int = 120, seed: int = 0, with_target: bool = True) -> None:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    X = rng.normal(size=(n, 4)) + np.eye(3, 4)[labels] * 4
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["f1", "f2", "f3", "f4"] + (["animal"] if with_target else []))
-        for x, label in zip(X, labels):
-            writer.writerow([f"{v:.5f}" for v in x] + ([LABELS[label]] if with_target else []))
+CONFIG = BLOBS_CONFIG + "lr = 0.01\n"
 
 
 def folder(root: Path, module: str, train: str, model: str = "") -> Path:
     """blobs.csv, the step module (under a name unique to the test: this process caches imports) and run.toml."""
-    write_blobs_csv(root / "blobs.csv")
+    write_blobs_csv(root / "blobs.csv", n=120)
     (root / f"{module}.py").write_text(STEPS)
     text = CONFIG.replace("[train]\n", f"[train]\n{train}\n")
     if model:
         text = text.replace("hidden = [8]", model)
     (root / "run.toml").write_text(text)
     return root / "run.toml"
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of `gradloop ARGS` in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def usage_error(capsys, *args) -> str:
