@@ -147,15 +147,16 @@ class StopChannel:
 
     The hook is DDP's default (divide by the world size, then all-reduce), except that the last
     bucket of a step travels with one more element: this rank's flag (0, or 1 for SIGTERM and
-    4096 for SIGINT). So the vote costs no collective of its own and no host sync: `reduced` is
-    the sum over ranks once the step's backward is done.
+    4096 for SIGINT). The sum is read a step later (`step_done`), when it has long arrived on the
+    host: the vote costs no collective of its own and no host-device sync.
     """
 
     SIGTERM, SIGINT = 1, 4096
 
     def __init__(self) -> None:
         self.local = 0.0
-        self.reduced: torch.Tensor | None = None
+        self._arrived: tuple[torch.Tensor, Any] | None = None  # this step's sum: (host tensor, CUDA event or None)
+        self._previous: tuple[torch.Tensor, Any] | None = None  # the step before's
 
     def hook(self, _state, bucket):  # DDP checks the annotations: none, or torch's own
         import torch.distributed as dist
@@ -167,17 +168,38 @@ class StopChannel:
 
         def unpack(fut: Any) -> torch.Tensor:
             total = fut.value()[0]
-            self.reduced = total[-1:].clone()
+            if total.is_cuda:  # copied to the host behind the step's work, read once it has arrived
+                host = torch.empty(1, dtype=total.dtype, pin_memory=True)
+                host.copy_(total[-1:], non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                self._arrived = (host, event)
+            else:
+                self._arrived = (total[-1:].clone(), None)
             return total[:-1]
 
         return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
 
-    def exit_code(self) -> int:
-        """The agreed exit code (143, 130) from the last reduced flags, 0 when no rank was signalled."""
-        if self.reduced is None:
-            return 0
-        total = int(self.reduced.item())  # on CUDA this waits for that step's all-reduce: long done by the next step
-        return 143 if total % self.SIGINT else 130 if total else 0  # SIGTERM first, as the epoch-end vote (MAX)
+    def step_done(self) -> int:
+        """After an optimizer step: the agreed exit code (143, 130, or 0) of the step before."""
+        previous, self._previous, self._arrived = self._previous, self._arrived, None
+        return _exit_code(previous)
+
+    def settle(self) -> int:
+        """Both sums not read yet (at an epoch's end, where waiting is fine), then none."""
+        code = max(_exit_code(self._previous), _exit_code(self._arrived))
+        self._previous = self._arrived = None
+        return code
+
+
+def _exit_code(flags: tuple[torch.Tensor, Any] | None) -> int:
+    if flags is None:
+        return 0
+    host, event = flags
+    if event is not None:
+        event.synchronize()  # a step old: long complete
+    total = int(host.item())
+    return 143 if total % StopChannel.SIGINT else 130 if total else 0  # SIGTERM first, as the epoch-end vote (MAX)
 
 
 def _collective_device() -> torch.device:

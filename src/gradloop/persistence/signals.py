@@ -65,13 +65,12 @@ class StopVote:
     def __init__(self, signals: GracefulStop, channel: distributed.StopChannel | None = None) -> None:
         self.signals, self.channel = signals, channel
         self.code: int | None = None  # the agreed exit code once the vote says stop
-        self._seen: int = 0  # the flags of the previous step, read at this one
 
     def after_step(self) -> bool:
         """True when every rank stops after this step."""
         if self.channel is None or not distributed.active():
             return self._decide(self.signals.exit_code)
-        agreed, self._seen = self._seen, self.channel.exit_code()
+        agreed = self.channel.step_done()
         self.channel.local = _flag(self.signals.exit_code)
         return self._decide(agreed)
 
@@ -79,9 +78,8 @@ class StopVote:
         """True when every rank stops now (the flags of the last step, and every rank's own now)."""
         if self.channel is None or not distributed.active():
             return self._decide(self.signals.exit_code)
-        work, flag = distributed.vote_max(max(self.signals.exit_code, self._seen, self.channel.exit_code()))
+        work, flag = distributed.vote_max(max(self.signals.exit_code, self.channel.settle()))
         work.wait()
-        self.channel.reduced, self._seen = None, 0
         return self._decide(int(flag.item()))
 
     def _decide(self, code: int) -> bool:
