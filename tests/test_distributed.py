@@ -240,3 +240,9 @@ def test_a_users_loader_without_a_distributed_sampler_is_named(monkeypatch: pyte
     assert "DistributedSampler(dataset)" in distributed.unsharded_loader_warning(plain)
     sharded = DataLoader(dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=2, rank=0))
     assert distributed.unsharded_loader_warning(sharded) is None
+
+
+def test_strategies_are_checked() -> None:
+    assert gl.Trainer(nn.Linear(2, 2), strategy="ddp", device="cpu")._train_model is not None
+    with pytest.raises(ValueError, match=r"unknown strategy 'dpp' \(did you mean 'ddp'\?\): use one of auto, ddp"):
+        gl.Trainer(nn.Linear(2, 2), strategy="dpp")

@@ -29,10 +29,13 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
-from .util import preserved_rng, seed_everything, weights_are_finite
+from .util import did_you_mean, preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
+
+
+STRATEGIES = ("auto", "ddp")
 
 
 class Trainer:
@@ -60,6 +63,7 @@ class Trainer:
         step: StepFn | None = None,
         predict_step: PredictFn | None = None,
         val_every_n_steps: int | None = None,
+        strategy: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -73,6 +77,8 @@ class Trainer:
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
+        if strategy not in STRATEGIES:  # both mean DistributedDataParallel under torchrun, one process otherwise
+            raise ValueError(f"unknown strategy {strategy!r}{did_you_mean(str(strategy), STRATEGIES)}: use one of {', '.join(STRATEGIES)}")
         self.device = distributed.device_for_rank(device, resolve_device(device))
         distributed.init_if_needed(self.device)  # under torchrun: join the process group
         self.precision = Precision(resolve_precision(precision), self.device)
