@@ -14,7 +14,7 @@ import torch
 from ..persistence import checkpoint
 from ..util import weights_are_finite
 from .base import Callback
-from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -58,10 +58,7 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         dirpath: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not isinstance(monitor, str):
-            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        check_monitor(monitor, mode)
         _check_count("keep", keep, minimum=0)
         _check_count("every_n_epochs", every_n_epochs, minimum=1)
         _check_count("every_n_steps", every_n_steps, minimum=1)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .base import Callback
-from .monitor import VAL_LOSS, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -43,13 +43,10 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ) -> None:
-        if not isinstance(monitor, str):
-            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        check_monitor(monitor, mode)
         _check_number("min_delta", min_delta)
-        _check_count("patience", patience)
-        _check_count("start_from_epoch", start_from_epoch)
+        check_count("patience", patience)
+        check_count("start_from_epoch", start_from_epoch)
         if baseline is not None:
             _check_number("baseline", baseline)
         self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
@@ -127,11 +124,6 @@ class EarlyStopping(Callback):
         self.best_epoch = int(state["best_epoch"])
         weights = state.get("best_weights")
         self.best_weights = None if weights is None else {k: t.detach().clone() for k, t in weights.items()}
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
 
 
 def _check_number(name: str, value: Any) -> None:

@@ -9,7 +9,7 @@ from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
 from .base import Callback
-from .monitor import VAL_LOSS, infer_mode, resolve_monitor
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, resolve_monitor
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -120,17 +120,13 @@ class ReduceLROnPlateau(Callback):
         cooldown: int = 0,
         min_lr: float | list[float] | tuple[float, ...] = 0.0,
     ) -> None:
-        if not isinstance(monitor, str):
-            raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+        check_monitor(monitor, mode)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
             raise ValueError(f"factor must be a number in (0, 1), the LR is multiplied by it; received: factor={factor!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a number >= 0; received: min_delta={min_delta!r}")
-        for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+        check_count("patience", patience)
+        check_count("cooldown", cooldown)
         lows = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lows):
             raise ValueError(f"min_lr must be a number >= 0 (or one per param group); received: min_lr={min_lr!r}")

@@ -18,6 +18,20 @@ class DefaultMonitor(str):
 VAL_LOSS = DefaultMonitor("val_loss")
 
 
+def check_monitor(monitor: object, mode: object) -> None:
+    """The constructor checks of every callback that watches a logged value."""
+    if not isinstance(monitor, str):
+        raise TypeError(f"monitor must be the name of a logged value, e.g. 'val_loss'; received: monitor={monitor!r}")
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
+
+
+def check_count(name: str, value: object) -> None:
+    """Patience, cooldown and the like: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+
+
 def infer_mode(monitor: str, mode: str) -> str:
     """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
     if mode in ("min", "max"):

@@ -158,64 +158,74 @@ def check_loss_fit(ctx: Context) -> Check:
     unit = bool((out >= 0).all()) and bool((out <= 1).all())
     low, high = float(out.min()), float(out.max())
     loss = ctx.loss_name
-    if loss == "cross_entropy":
-        if isinstance(last, (nn.Softmax, nn.Softmin)) or probs:
-            return _loss_fit(
+    # per loss: (applies, status, message, fix), the first that applies decides; the last always applies
+    rules: dict[str, list[tuple[bool, Status, str, str]]] = {
+        "cross_entropy": [
+            (
+                isinstance(last, (nn.Softmax, nn.Softmin)) or probs,
                 "fail",
                 f"outputs already sum to 1 per row ({final}), but cross_entropy "
                 "applies log-softmax itself: gradients vanish and the loss cannot approach 0",
                 "remove the final Softmax and return raw logits; apply softmax only when reading probabilities",
-            )
-        if isinstance(last, (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh)):
-            return _loss_fit(
+            ),
+            (
+                isinstance(last, (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh)),
                 "fail",
                 f"the {final} squashes the logits into [{low:.2g}, {high:.2g}] before cross_entropy: the model cannot become confident",
                 "remove the final activation and return raw logits",
-            )
-        if isinstance(last, nn.LogSoftmax) or logprobs:
-            return _loss_fit(
+            ),
+            (
+                isinstance(last, nn.LogSoftmax) or logprobs,
                 "warn",
                 f"outputs are already log-probabilities ({final}); cross_entropy applies log-softmax again (harmless but redundant)",
                 "drop the LogSoftmax, or use loss='nll' to make it explicit",
-            )
-        if isinstance(last, (nn.ReLU, nn.Softplus)):
-            return _loss_fit(
+            ),
+            (
+                isinstance(last, (nn.ReLU, nn.Softplus)),
                 "warn",
                 f"a {final} clips the logits at 0: a class cannot be voted down",
                 "remove the final activation and return raw logits",
-            )
-        return _loss_fit("pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), as cross_entropy expects")
-    if loss == "nll":
-        if logprobs:
-            return _loss_fit("pass", "outputs are log-probabilities, as nll expects")
-        what = "probabilities" if probs else "not log-probabilities (exp(outputs) rows do not sum to 1)"
-        return _loss_fit(
-            "fail",
-            f"nll needs log-probabilities but the outputs are {what} ({final})",
-            "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits",
-        )
-    if loss == "bce_with_logits":
-        if isinstance(last, (nn.Sigmoid, nn.Hardsigmoid)):
-            return _loss_fit(
+            ),
+            (True, "pass", f"raw scores in [{low:.3g}, {high:.3g}] (last module {_name(name, last)}), as cross_entropy expects", ""),
+        ],
+        "nll": [
+            (logprobs, "pass", "outputs are log-probabilities, as nll expects", ""),
+            (
+                True,
+                "fail",
+                f"nll needs log-probabilities but the outputs are "
+                f"{'probabilities' if probs else 'not log-probabilities (exp(outputs) rows do not sum to 1)'} ({final})",
+                "end the model with nn.LogSoftmax(dim=1), or use loss='cross_entropy' on raw logits",
+            ),
+        ],
+        "bce_with_logits": [
+            (
+                isinstance(last, (nn.Sigmoid, nn.Hardsigmoid)),
                 "fail",
                 f"the {final} already maps outputs to [0, 1], and bce_with_logits applies a sigmoid again: the loss cannot approach 0",
                 "remove the final Sigmoid (or use loss='bce')",
-            )
-        if unit and out.numel() >= 8:
-            return _loss_fit(
+            ),
+            (
+                unit and out.numel() >= 8,
                 "warn",
                 f"all outputs lie in [{low:.3g}, {high:.3g}]: they look like probabilities, but bce_with_logits expects raw logits",
                 "return raw scores; the loss applies the sigmoid itself",
-            )
-        return _loss_fit("pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects")
-    if loss == "bce":
-        if not unit:
-            return _loss_fit(
+            ),
+            (True, "pass", f"raw scores in [{low:.3g}, {high:.3g}], as bce_with_logits expects", ""),
+        ],
+        "bce": [
+            (
+                not unit,
                 "fail",
                 f"bce needs probabilities in [0, 1] but outputs range over [{low:.3g}, {high:.3g}]",
                 "use loss='bce_with_logits' on raw scores (numerically safer than Sigmoid + bce)",
-            )
-        return _loss_fit("pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects")
+            ),
+            (True, "pass", f"outputs in [{low:.3g}, {high:.3g}], as bce expects", ""),
+        ],
+    }
+    if loss in rules:
+        _, status, message, fix = next(rule for rule in rules[loss] if rule[0])
+        return _loss_fit(status, message, fix)
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
