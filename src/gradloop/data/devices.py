@@ -4,12 +4,45 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
+
+
+def sync_debug_mode() -> int:
+    """torch.cuda's sync debug mode now (0: off; always 0 before CUDA is initialized)."""
+    return torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def sync_debug(mode: int) -> Iterator[None]:
+    """torch.cuda's sync debug mode set to `mode` inside the block, and back afterwards.
+
+    A user who sets `torch.cuda.set_sync_debug_mode("warn" | "error")` before `fit` has it applied
+    to the training steps only: gradloop lifts it (`host_sync_allowed()`) for its documented host
+    reads: the checks before the first step, each epoch's order, metrics, validation, logs and
+    checkpoints, and inside an epoch the validations of `val_every_n_steps`, the step rows of
+    `JSONLLogger(log_every_n_steps=...)`, the checkpoints of `ModelCheckpoint(every_n_steps=...)`
+    and the live progress bar's loss (at most 10 reads a second). Under `16-mixed` torch's
+    GradScaler reads its inf check on the host at every step (torch's design).
+    """
+    before = sync_debug_mode()
+    if before == mode:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+def host_sync_allowed() -> contextlib.AbstractContextManager[None]:
+    """For one of gradloop's documented host reads (see `sync_debug`)."""
+    return sync_debug(0)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
