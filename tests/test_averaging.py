@@ -325,3 +325,47 @@ def test_swa_refuses_an_lr_callback_and_a_start_after_the_last_epoch():
     trainer = trainer_for(make_model(), [gl.SWA(swa_lr=0.01, start_epoch=3)], max_epochs=3)
     with pytest.raises(ValueError, match="SWA\\(start_epoch=3\\) never starts: training runs epochs 0..2"):
         trainer.fit((X, y), batch_size=BATCH)
+
+
+# ------------------------------------------------------------------ torchrun
+DISTRIBUTED_SCRIPT = """
+import os, sys
+import torch
+from torch import nn
+import gradloop as gl
+
+rank, out = int(os.environ["RANK"]), sys.argv[1]
+g = torch.Generator().manual_seed(0)
+X, y = torch.randn(203, 6, generator=g), torch.randint(0, 3, (203,), generator=g)
+saved = {}
+for name, callback in (("ema", gl.EMA(decay=0.8)), ("swa", gl.SWA(swa_lr=0.01, start_epoch=1))):
+    torch.manual_seed(1000 + rank)  # DDP starts every rank from rank 0's weights
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    trainer = gl.Trainer(model, lr=0.01, max_epochs=3, callbacks=[callback], default_callbacks=False)
+    history = trainer.fit((X, y), val=(X[:61], y[:61]), batch_size=16)
+    saved[name] = {k: v.clone() for k, v in model.state_dict().items()}
+    saved[name + "_val_loss"] = torch.tensor(history["val_loss"])
+torch.save(saved, os.path.join(out, f"rank{rank}.pt"))
+"""
+
+
+def test_under_torchrun_every_rank_ends_with_the_same_averaged_weights(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "train.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    command += ["--master_port", str(port), str(script), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    for name in ("ema", "swa"):  # SWA: each rank's update_bn saw its shard; the statistics are averaged over ranks
+        assert same(r0[name], r1[name]), name
+        assert torch.equal(r0[name + "_val_loss"], r1[name + "_val_loss"])

@@ -33,8 +33,9 @@ class EMA(Callback):
     callback's state), so a resume continues exactly. With `evaluate=False` the average is only
     kept: `ema.module` is a plain copy of the model holding it.
 
-    Every rank averages its identical weights alike under torchrun. An update costs a few foreach
-    kernels and no host sync; the average takes one more copy of the weights on the model's device.
+    Under torchrun every rank averages its identical weights alike; buffers, which DDP syncs from rank 0
+    only at the next forward, are rank 0's average wherever the average is used. An update costs a few
+    foreach kernels and no host sync; the average takes one more copy of the weights on the model's device.
     """
 
     def __init__(self, decay: float = 0.999, every_n_steps: int = 1, evaluate: bool = True) -> None:
@@ -71,7 +72,14 @@ class EMA(Callback):
         self._updates += 1
 
     def evaluation_model(self, trainer: "Trainer") -> nn.Module | None:
-        return self.module if self._updates else None
+        if not self._updates:
+            return None
+        assert self.averaged is not None
+        # Under DDP each rank's BatchNorm statistics take its own last batch (rank 0's are broadcast at the
+        # next forward): the average of rank 0's, the one its checkpoints hold, is every rank's.
+        for buffer in self.averaged.module.buffers():
+            distributed.broadcast_(buffer)
+        return self.averaged.module
 
     def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
         module = self.evaluation_model(trainer)
