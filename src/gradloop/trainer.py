@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
 from .data import distributed
-from .data.batches import Batches, LoaderBatches, make_batches
+from .data.batches import Batches, LoaderBatches, make_batches, unshuffled
 from .data.devices import Precision, resolve_device, resolve_precision
 from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
@@ -129,6 +129,7 @@ class Trainer:
         self._batch_size = 64
         self._signals = GracefulStop()
         self._step_listeners = self.callbacks.listens("on_optimizer_step")
+        self._train_batches: Batches | None = None  # during fit, for training_batches()
 
     # ----------------------------------------------------------------------------- the loop
     def fit(
@@ -154,10 +155,14 @@ class Trainer:
         self.log_names = self.logged_names(val_batches is not None)
         self._prepare_run_dir()
         with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
-            return self._fit(train_batches, val_batches, resume)
+            try:
+                return self._fit(train_batches, val_batches, resume)
+            finally:
+                self._train_batches = None  # its tensors may hold device memory
 
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
         self.state, self.history = TrainState(), History()
+        self._train_batches = train
         self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names))
         self.should_stop, self.stop_reason = False, None
         self._stop = StopVote(self._signals, self._channel)
@@ -180,6 +185,8 @@ class Trainer:
         if self.stop_reason is None:
             self.stop_reason = "stopped by a callback" if self.should_stop else "max_steps" if self._max_steps_reached() else "max_epochs"
         self.callbacks.call("on_fit_end", self)
+        if (final := self.callbacks.final_weights(self)) is not None:  # EMA, SWA, restore_best_weights
+            self.model.load_state_dict(final)
         if self.run_dir is not None and distributed.is_rank_zero():
             if weights_are_finite(self.model):
                 weights.export_weights(self.model, self.run_dir / "model.safetensors")
@@ -198,7 +205,7 @@ class Trainer:
         if self._stop.code is not None:
             return  # stopped mid-epoch: the checkpoint resumes at this very step
         if val is not None:
-            val_logs = self._evaluate(val, "val_", self.value_names)
+            val_logs = self._evaluate(val, "val_", self.value_names, self.callbacks.evaluation_model(self))
             self.callbacks.call("on_validation_end", self, val_logs)
             logs.update(val_logs)
         logs["lr"] = self.resume_point.epoch_lr
@@ -263,7 +270,7 @@ class Trainer:
         self.validating_at_step = self.state.global_step
         try:
             with preserved_rng():
-                logs = self._evaluate(val, "val_", self.value_names)
+                logs = self._evaluate(val, "val_", self.value_names, self.callbacks.evaluation_model(self))
             self.callbacks.call("on_validation_end", self, logs)
         finally:
             self.validating_at_step = None
@@ -309,14 +316,28 @@ class Trainer:
         if self._step_listeners:
             self.callbacks.call("on_optimizer_step", self)
 
-    def _evaluate(self, batches: Batches, prefix: str, value_names: list[str]) -> dict[str, float]:
+    def _evaluate(self, batches: Batches, prefix: str, value_names: list[str], model: nn.Module | None = None) -> dict[str, float]:
+        """`model`: what to evaluate instead of `self.model` (a callback's averaged weights)."""
+        model = self.model if model is None else model
         meter = MetricSet(self.metrics, self.device, value_names)
-        with torch.inference_mode(), eval_mode(self.model):
+        with torch.inference_mode(), eval_mode(model):
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
-                    result = self._step(self.model, batch)
+                    result = self._step(model, batch)
                 _count(meter, result, batch)
         return meter.compute(prefix)
+
+    def training_batches(self) -> Iterator[Any]:
+        """During fit: one pass over its training data, each batch on the device as the step gets it, in the
+        data's order (a DataLoader of yours: as it iterates); for statistics passes like torch's update_bn."""
+        if self._train_batches is None:
+            raise RuntimeError("training_batches() is there during fit only: call it from a callback")
+        return unshuffled(self._train_batches)
+
+    def run_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """`model` on one batch as training runs it (the step, under the precision's autocast); returns the loss."""
+        with self.precision.autocast():
+            return self._step(model, batch).loss
 
     def _finished(self) -> bool:
         return self.should_stop or self.state.epoch >= self.max_epochs or self._max_steps_reached()

@@ -1,5 +1,6 @@
-"""Callbacks: early stopping, LR schedules, checkpoints, NaN guard, logging, progress, plots."""
+"""Callbacks: early stopping, LR schedules, weight averaging, checkpoints, NaN guard, logging, progress, plots."""
 
+from .averaging import EMA, SWA
 from .base import Callback
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
@@ -13,12 +14,14 @@ __all__ = [
     "Callback",
     "CSVLogger",
     "EarlyStopping",
+    "EMA",
     "JSONLLogger",
     "LRScheduler",
     "ModelCheckpoint",
     "PlotCurves",
     "ProgressBar",
     "ReduceLROnPlateau",
+    "SWA",
     "TensorBoardLogger",
     "TerminateOnNaN",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
+from torch import nn
 
 from ..util import did_you_mean
 
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from ..trainer import Trainer
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end", "on_epoch_end", "on_fit_end")
+# Not events but questions the trainer asks; at most one callback of a run may answer each.
+SUPPLIES = ("evaluation_model", "final_weights")
 
 
 class Callback:
@@ -46,6 +49,13 @@ class Callback:
     Hooks with other `on_*` names are an error. A callback listens to the hooks its class overrides;
     `listens` may say "not in this run" for some of them, and the loop then skips the call.
 
+    Two questions, not events, let a callback supply weights (EMA, SWA, EarlyStopping's
+    restore_best_weights): `evaluation_model(trainer)`, the module that fit's validations run
+    instead of `trainer.model`, and `final_weights(trainer)`, a state dict the model is given when
+    fit ends (after every `on_fit_end`, so checkpoints keep the training state; before
+    `model.safetensors` is written). None means "the model's own". At most one callback of a run
+    may answer each (two are a ValueError when the Trainer is built).
+
     Under torchrun every rank runs every callback, on identical (all-reduced) logs, unless the class
     sets `rank_zero_only = True` (loggers, progress, plots, checkpoints): those run on rank 0 alone.
     A callback on every rank must decide the same way on every rank (e.g. `should_stop`).
@@ -67,6 +77,14 @@ class Callback:
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
 
     def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+    def evaluation_model(self, trainer: "Trainer") -> nn.Module | None:
+        """The module fit's validations run instead of `trainer.model` (not `validate`, `test`, `predict`)."""
+        return None
+
+    def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
+        """The state dict `trainer.model` is given when fit ends (not on a signal or an exception)."""
+        return None
 
     def listens(self, hook: str) -> bool:
         """Whether `hook` is called on this callback in this run: by default, whether the class overrides it.
@@ -110,6 +128,11 @@ class CallbackList:
         self._listeners = {hook: [c for c in runs_here if c.listens(hook)] for hook in HOOKS}
         # the same on every rank: what decides whether a per-batch collective happens
         self._all_rank_listeners = {hook: [c for c in self.callbacks if c.listens(hook) and not c.rank_zero_only] for hook in HOOKS}
+        for question in SUPPLIES:
+            answering = [type(c).__name__ for c in self.callbacks if c.listens(question)]
+            if len(answering) > 1:
+                raise ValueError(f"{' and '.join(answering)} would both supply the {question.replace('_', ' ')}: keep one of them")
+        self._suppliers = {question: [c for c in runs_here if c.listens(question)] for question in SUPPLIES}
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
@@ -124,6 +147,12 @@ class CallbackList:
     def call(self, hook: str, *args: Any) -> None:
         for callback in self._listeners[hook]:
             getattr(callback, hook)(*args)
+
+    def evaluation_model(self, trainer: "Trainer") -> nn.Module | None:
+        return next((c.evaluation_model(trainer) for c in self._suppliers["evaluation_model"]), None)
+
+    def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
+        return next((c.final_weights(trainer) for c in self._suppliers["final_weights"]), None)
 
     def keys(self) -> list[str]:
         """Stable names for checkpoint state: class name, with #N for repeats."""

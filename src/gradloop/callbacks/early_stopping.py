@@ -25,7 +25,8 @@ class EarlyStopping(Callback):
     metrics) and raises ValueError when it cannot.
 
     With `restore_best_weights=True` the model gets the weights of the best epoch back at the end
-    of training, whatever ended it (this stop, another callback's, max_epochs); when no epoch
+    of training (after every `on_fit_end`, so `last.ckpt` keeps the state to resume from),
+    whatever ended it (this stop, another callback's, max_epochs); when no epoch
     improved at all (say every value was NaN), those of the first monitored epoch. The best
     weights are kept on the model's device and copied in place only on improving epochs.
 
@@ -94,9 +95,11 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
             trainer.stop_reason = trainer.stop_reason or f"early stopping at epoch {epoch}"
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
-        if self.restore_best_weights and self.best_weights is not None:
-            trainer.model.load_state_dict(self.best_weights)
+    def listens(self, hook: str) -> bool:
+        return self.restore_best_weights if hook == "final_weights" else super().listens(hook)
+
+    def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
+        return self.best_weights if self.restore_best_weights else None
 
     def _keep_weights(self, trainer: "Trainer") -> None:
         current = trainer.model.state_dict()

@@ -282,6 +282,14 @@ def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
     return {"seed": seed}
 
 
+def unshuffled(batches: Batches) -> Iterator[Any]:
+    """One pass in the data's order (a user's DataLoader: as it iterates), drawing from the global RNG
+    as iterating `DataLoader(data, shuffle=False)` does."""
+    if isinstance(batches, LoaderBatches) and batches.sampler is None:
+        return batches.iterate(batches.new_order())
+    return batches.iterate(_new_order(False, 1))
+
+
 def make_batches(
     data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str, needs_targets: bool = True, shard: bool = False
 ) -> Batches:

@@ -221,6 +221,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return work.to(tensor.device)
 
 
+def broadcast_(tensor: torch.Tensor) -> None:
+    """Overwrites `tensor` in place with rank 0's; nothing when alone."""
+    if not active():
+        return
+    import torch.distributed as dist
+
+    work = tensor.detach().to(_collective_device(), copy=True)
+    dist.broadcast(work, src=0)
+    tensor.detach().copy_(work)
+
+
 def barrier() -> None:
     """Waits for every rank (over the CPU side channel); nothing when alone."""
     if active():
