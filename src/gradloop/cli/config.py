@@ -114,9 +114,7 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0.0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0.0, description="the optimizer's weight_decay (0: not passed)")
     momentum: float | None = Field(None, ge=0.0, description="the optimizer's momentum (sgd, rmsprop); unset: torch's default")
-    loss: str | None = Field(
-        None, description="a loss name; default: cross_entropy (classification) or mse (regression); none with a step"
-    )
+    loss: str | None = Field(None, description="a loss name; default: cross_entropy (classification) or mse (regression); none with a step")
     metrics: list[str] | None = Field(
         None, description="metric names; default: accuracy (classification) or mae, r2 (regression); none with a step"
     )
