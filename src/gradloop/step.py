@@ -116,7 +116,13 @@ class Step:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """`model(x)`, `model(*inputs)` for a tuple or list, `model(**inputs)` for a dict."""
+    """`model(x)`, `model(*inputs)` for a tuple or list, `model(**inputs)` for a dict.
+
+    >>> def model(left, right=0):
+    ...     return left - right
+    >>> call_model(model, 5), call_model(model, (5, 2)), call_model(model, {"left": 5, "right": 3})
+    (5, 3, 2)
+    """
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (list, tuple)) and not hasattr(inputs, "_fields"):
@@ -172,7 +178,11 @@ def _scalar(name: str, value: Any) -> torch.Tensor:
 
 
 def batch_size_of(batch: Any) -> int:
-    """Samples in a batch: the first dimension of its first tensor (in structure order)."""
+    """Samples in a batch: the first dimension of its first tensor (in structure order).
+
+    >>> batch_size_of(({"ids": torch.zeros(8, 5)}, torch.zeros(8)))
+    8
+    """
     tensor = first_tensor(batch)
     if tensor is None or tensor.ndim == 0:
         raise ValueError(f"cannot tell how many samples the batch {describe(batch)} holds: it needs a tensor with a batch dimension")
@@ -191,7 +201,11 @@ def first_tensor(tree: Any) -> torch.Tensor | None:
 
 
 def describe(tree: Any) -> str:
-    """Shapes and dtypes, structure kept: `{'input_ids': (2, 7) int64, 'labels': (2,) int64}`."""
+    """Shapes and dtypes, structure kept: `{'input_ids': (2, 7) int64, 'labels': (2,) int64}`.
+
+    >>> print(describe(((torch.zeros(2, 3), torch.zeros(2, 1)), torch.zeros(2, dtype=torch.long))))
+    (((2, 3) float32, (2, 1) float32), (2,) int64)
+    """
     if isinstance(tree, torch.Tensor):
         return f"{tuple(tree.shape)} {str(tree.dtype).replace('torch.', '')}"
     if isinstance(tree, Mapping):
@@ -203,7 +217,12 @@ def describe(tree: Any) -> str:
 
 
 def concatenate(outputs: list[Any]) -> Any:
-    """Per-batch predictions as one result on the CPU: tensors concatenated, tuples and dicts field by field."""
+    """Per-batch predictions as one result on the CPU: tensors concatenated, tuples and dicts field by field.
+
+    >>> out = concatenate([{"logits": torch.zeros(2, 3)}, {"logits": torch.zeros(1, 3)}])
+    >>> out["logits"].shape
+    torch.Size([3, 3])
+    """
     first = outputs[0]
     if isinstance(first, dict):
         return {key: concatenate([o[key] for o in outputs]) for key in first}

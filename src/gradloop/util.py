@@ -159,14 +159,30 @@ def first_line(error: BaseException | str) -> str:
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
-    """` (did you mean 'x'?)` for the closest choice (written as `prefix + choice`), or an empty string."""
+    """` (did you mean 'x'?)` for the closest choice (written as `prefix + choice`), or an empty string.
+
+    >>> did_you_mean("adma", ["sgd", "adam", "adamw"])
+    " (did you mean 'adam'?)"
+    >>> did_you_mean("xyz", ["sgd", "adam"])
+    ''
+    """
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
 # --------------------------------------------------------------------------------- random numbers
 def seed_everything(seed: int) -> None:
-    """Seeds python's, numpy's and torch's global generators (all CUDA devices included)."""
+    """Seeds python's, numpy's and torch's global generators (all CUDA devices included).
+
+    Call it before building a model to make its initial weights reproducible:
+
+    >>> import torch
+    >>> seed_everything(0)
+    >>> first = torch.nn.Linear(3, 2).weight
+    >>> seed_everything(0)
+    >>> torch.equal(first, torch.nn.Linear(3, 2).weight)
+    True
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -32,6 +32,16 @@ class EarlyStopping(Callback):
 
     After training, `stopped_epoch` is the epoch at which this callback stopped (0 if it did
     not), `best` and `best_epoch` the best value and its epoch, `wait` the epochs since then.
+
+    A loss that never improves by more than `min_delta` stops at epoch `patience`:
+
+    >>> import torch
+    >>> import gradloop as gl
+    >>> stop = gl.EarlyStopping(monitor="loss", min_delta=10.0, patience=2)
+    >>> trainer = gl.Trainer(torch.nn.Linear(3, 2), max_epochs=10, callbacks=[stop], default_callbacks=False)
+    >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    >>> len(trainer.fit((X, y)).epochs), stop.stopped_epoch, stop.best_epoch, trainer.stop_reason
+    (3, 2, 0, 'early stopping at epoch 2')
     """
 
     def __init__(

@@ -30,6 +30,15 @@ class LRScheduler(Callback):
                                                    CosineAnnealingLR(opt, T_max=900)], milestones=[100]),
                     interval="step")
 
+    Per epoch, the logged `lr` is the LR the epoch trained with:
+
+    >>> import torch
+    >>> import gradloop as gl
+    >>> halve = gl.LRScheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    >>> trainer = gl.Trainer(torch.nn.Linear(3, 2), lr=0.1, max_epochs=3, callbacks=[halve], default_callbacks=False)
+    >>> trainer.fit((torch.randn(16, 3), torch.randint(0, 2, (16,))))["lr"]
+    [0.1, 0.05, 0.025]
+
     With `monitor`, the scheduler is stepped with that logged value (`interval="epoch"` only), as
     torch's ReduceLROnPlateau needs. With more than one param group, the LR of group i >= 1 at the
     epoch's last optimizer step is logged as `lr_group<i>` (group 0 is the trainer's `lr`).
@@ -108,6 +117,13 @@ class ReduceLROnPlateau(Callback):
     an epoch improves when it beats the best by more than `min_delta`. `mode="auto"` infers min or
     max from the monitor's name. The LR of each param group beyond the first is logged as
     `lr_group<i>`; the scheduler's state is saved in checkpoints.
+
+    >>> import torch
+    >>> import gradloop as gl
+    >>> plateau = gl.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)  # nothing improves by 10
+    >>> trainer = gl.Trainer(torch.nn.Linear(3, 2), lr=0.1, max_epochs=4, callbacks=[plateau], default_callbacks=False)
+    >>> trainer.fit((torch.randn(16, 3), torch.randint(0, 2, (16,))))["lr"]
+    [0.1, 0.1, 0.05, 0.025]
     """
 
     def __init__(

@@ -32,15 +32,21 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the samples come from and how they are split and scaled."""
 
-    name: str | None = None  # a bundled scikit-learn dataset
-    path: str | None = None  # a .csv, an .npz (X, y) or an MNIST-style IDX folder
-    target: str = "target"  # CSV column holding the labels or values
-    val_path: str | None = None  # separate validation file (instead of val_split)
-    test_path: str | None = None  # separate test file
-    val_split: float = Field(0.2, ge=0.0, lt=1.0)  # held-out share; stratified for classification
-    batch_size: int = Field(64, ge=1)
-    standardize: bool = True  # fitted on the training split only
-    task: Literal["auto", "classification", "regression"] = "auto"
+    name: str | None = Field(None, description="a bundled scikit-learn dataset: digits, iris, wine, breast_cancer or diabetes")
+    path: str | None = Field(
+        None, description="a .csv file, an .npz file (arrays X and y) or an MNIST-style IDX folder; relative to the config file"
+    )
+    target: str = Field("target", description="the CSV column holding the labels or values")
+    val_path: str | None = Field(None, description="a separate validation file, in the format of `path` (instead of val_split)")
+    test_path: str | None = Field(None, description="a separate test file, in the format of `path` (`gradloop eval` reports it)")
+    val_split: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of the samples held out for validation (stratified for classification; 0: none)"
+    )
+    batch_size: int = Field(64, ge=1, description="samples per batch, for training and evaluation")
+    standardize: bool = Field(True, description="scale each feature to mean 0 and std 1, fitted on the training split only")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="auto: classification for integer or string labels, regression for float targets"
+    )
 
     @field_validator("name")
     @classmethod
@@ -62,17 +68,17 @@ _CNN_ONLY = ("channels", "kernel_size", "pool")
 
 
 class ModelConfig(_Section):
-    """`mlp`, `cnn`, or `"package.module:factory"` called with (input_shape, num_outputs, **options)."""
+    """`mlp`, `cnn`, or `"package.module:factory"`, called as `factory(input_shape, num_outputs, **options)`."""
 
-    name: str = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [128])  # widths of the hidden dense layers
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    activation: str = "relu"
-    batch_norm: bool = False
-    channels: list[int] = Field(default_factory=lambda: [32, 64])  # cnn: one conv block per entry
-    kernel_size: list[int] = Field(default_factory=lambda: [3])  # cnn: one size, or one per block
-    pool: Literal["max", "avg", "none"] = "max"  # cnn: 2x2 pooling after each block
-    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for a factory
+    name: str = Field("mlp", description='"mlp", "cnn", or "package.module:factory" (a module beside the config file works)')
+    hidden: list[int] = Field(default_factory=lambda: [128], description="widths of the hidden dense layers")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability after each hidden dense layer (0: none)")
+    activation: str = Field("relu", description=f"activation after each hidden layer: {', '.join(ACTIVATIONS)}")
+    batch_norm: bool = Field(False, description="batch normalization in each hidden layer (and conv block)")
+    channels: list[int] = Field(default_factory=lambda: [32, 64], description="cnn: output channels, one conv block per entry")
+    kernel_size: list[int] = Field(default_factory=lambda: [3], description="cnn: one kernel size for every block, or one per block")
+    pool: Literal["max", "avg", "none"] = Field("max", description="cnn: 2x2 pooling after each block")
+    options: dict[str, Any] = Field(default_factory=dict, description="a factory's keyword arguments (a TOML table)")
 
     @field_validator("name")
     @classmethod
@@ -104,21 +110,25 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Optimizer, loss, metrics and loop settings, passed to `gl.Trainer`."""
 
-    optimizer: str = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float | None = Field(None, ge=0.0)
-    loss: str | None = None  # default: cross_entropy (classification) or mse (regression); none with a step
-    metrics: list[str] | None = None  # default: accuracy (classification) or mae, r2 (regression); none with a step
-    step: str | None = None  # "package.module:function": gl.Trainer(step=...), step(model, batch) -> loss or dict
-    max_epochs: int = Field(20, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
-    precision: str = "32"  # a name or alias gl.Trainer accepts, stored by its canonical name
-    device: str = "auto"
-    grad_clip_norm: float | None = Field(None, gt=0.0)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1)  # CPU threads for torch (default: torch's choice)
+    optimizer: str = Field("adam", description="an optimizer name: sgd, adam, adamw, rmsprop, adagrad, adadelta, adamax, nadam, radam")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="the optimizer's weight_decay (0: not passed)")
+    momentum: float | None = Field(None, ge=0.0, description="the optimizer's momentum (sgd, rmsprop); unset: torch's default")
+    loss: str | None = Field(None, description="a loss name; default: cross_entropy (classification) or mse (regression); none with a step")
+    metrics: list[str] | None = Field(
+        None, description="metric names; default: accuracy (classification) or mae, r2 (regression); none with a step"
+    )
+    step: str | None = Field(
+        None, description='"package.module:function": gl.Trainer(step=...), step(model, batch) -> loss tensor or dict with "loss"'
+    )
+    max_epochs: int = Field(20, ge=1, description="epochs to train, counted from the run's start (a resume goes on to it)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps as well")
+    seed: int = Field(0, ge=0, description="seeds python, numpy and torch, the model's initial weights and the validation split")
+    precision: str = Field("32", description='"32", "bf16-mixed" or "16-mixed" (or an alias gl.Trainer accepts, stored by its name)')
+    device: str = Field("auto", description='"auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"')
+    grad_clip_norm: float | None = Field(None, gt=0.0, description="clip the total gradient norm to this value (logged as grad_norm)")
+    accumulate_grad_batches: int = Field(1, ge=1, description="batches whose gradients are summed into one optimizer step")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (unset: torch's choice)")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -178,36 +188,36 @@ class TrainConfig(_Section):
 class EarlyStoppingConfig(_Section):
     """`gl.EarlyStopping`; the monitor defaults to val_loss (loss without validation data)."""
 
-    monitor: str | None = None
-    min_delta: float = Field(0.0, ge=0.0)
-    patience: int = Field(0, ge=0)
-    mode: Literal["auto", "min", "max"] = "auto"
-    baseline: float | None = None
-    restore_best_weights: bool = False
-    start_from_epoch: int = Field(0, ge=0)
+    monitor: str | None = Field(None, description="the logged value to watch; unset: val_loss (loss without validation data)")
+    min_delta: float = Field(0.0, ge=0.0, description="an improvement must beat the best value by more than this")
+    patience: int = Field(0, ge=0, description="epochs without improvement before training stops")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="min or max is better; auto: from the monitor's name")
+    baseline: float | None = Field(None, description="the value to beat before the wait is reset")
+    restore_best_weights: bool = Field(False, description="give the model the best epoch's weights back when training ends")
+    start_from_epoch: int = Field(0, ge=0, description="epochs (counted from 0) before which nothing is monitored")
 
 
 class ReduceLROnPlateauConfig(_Section):
     """`gl.ReduceLROnPlateau` (torch's scheduler of the same name)."""
 
-    monitor: str | None = None
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(10, ge=0)
-    mode: Literal["auto", "min", "max"] = "auto"
-    min_delta: float = Field(1e-4, ge=0.0)
-    cooldown: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0.0)
+    monitor: str | None = Field(None, description="the logged value to watch; unset: val_loss (loss without validation data)")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="the LR is multiplied by this when the monitor stops improving")
+    patience: int = Field(10, ge=0, description="epochs without improvement before the LR drops")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="min or max is better; auto: from the monitor's name")
+    min_delta: float = Field(1e-4, ge=0.0, description="an improvement must beat the best value by more than this (absolute)")
+    cooldown: int = Field(0, ge=0, description="epochs to wait after a drop before counting again")
+    min_lr: float = Field(0.0, ge=0.0, description="the LR never drops below this")
 
 
 class ModelCheckpointConfig(_Section):
     """`gl.ModelCheckpoint`: replaces the default one a run directory gets."""
 
-    monitor: str | None = None
-    mode: Literal["auto", "min", "max"] = "auto"
-    save_best: bool = True
-    save_last: bool = True
-    keep: int = Field(3, ge=0)
-    every_n_epochs: int = Field(1, ge=1)
+    monitor: str | None = Field(None, description="what best.ckpt is best at; unset: val_loss (loss without validation data)")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="min or max is better; auto: from the monitor's name")
+    save_best: bool = Field(True, description="write checkpoints/best.ckpt whenever the monitor improves")
+    save_last: bool = Field(True, description="keep checkpoints/last.ckpt the newest state (what `gradloop resume` reads)")
+    keep: int = Field(3, ge=0, description="periodic `epoch-<E>-step-<N>.ckpt` files to keep, the newest (0: none)")
+    every_n_epochs: int = Field(1, ge=1, description="write a periodic checkpoint every this many epochs")
 
 
 class TerminateOnNaNConfig(_Section):
@@ -217,19 +227,19 @@ class TerminateOnNaNConfig(_Section):
 class CallbacksConfig(_Section):
     """A table present turns its callback on."""
 
-    early_stopping: EarlyStoppingConfig | None = None
-    reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = None
-    model_checkpoint: ModelCheckpointConfig | None = None
-    terminate_on_nan: TerminateOnNaNConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="gl.EarlyStopping")
+    reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = Field(None, description="gl.ReduceLROnPlateau")
+    model_checkpoint: ModelCheckpointConfig | None = Field(None, description="gl.ModelCheckpoint (replaces the default one)")
+    terminate_on_nan: TerminateOnNaNConfig | None = Field(None, description="gl.TerminateOnNaN")
 
 
 class Config(_Section):
     """A whole run: what `gradloop fit` reads and what it writes to RUN_DIR/config.toml."""
 
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    data: DataConfig = Field(description="where the samples come from (required)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the Trainer's settings")
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig, description="callbacks, one table each")
 
     def resolved(self) -> dict[str, Any]:
         """The settings as a plain dict, without unset optional keys and keys the choices make moot

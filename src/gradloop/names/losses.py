@@ -55,6 +55,9 @@ def loss_name(loss: Any) -> str | None:
     """The canonical name of a loss given by name or as a loss module of its own class; None otherwise.
 
     Subclasses are not recognised: they may compute anything.
+
+    >>> loss_name("sparse_categorical_crossentropy"), loss_name(nn.BCEWithLogitsLoss()), loss_name("hinge")
+    ('cross_entropy', 'bce_with_logits', None)
     """
     if isinstance(loss, str):
         name = _ALIASES.get(loss.lower(), loss.lower())
@@ -74,7 +77,15 @@ def loss_task(name: str | None) -> str | None:
 
 
 def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str | None]:
-    """The loss function and its canonical name (`loss_name`; None for a callable gradloop does not know)."""
+    """The loss function and its canonical name (`loss_name`; None for a callable gradloop does not know).
+
+    >>> resolve_loss("mse")
+    (MSELoss(), 'mse')
+    >>> resolve_loss("cross_entropie")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown loss 'cross_entropie' (did you mean 'cross_entropy'?): use one of ...
+    """
     if isinstance(loss, str):
         name = loss_name(loss)
         if name is None:

@@ -25,7 +25,23 @@ def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
-    """Loads weights written by `export_weights` (or any safetensors file) into `model`."""
+    """Loads weights written by `export_weights` (or any safetensors file) into `model`; returns it.
+
+    `strict=False` skips missing and unexpected keys (shapes must still match). A missing or
+    unreadable file, or weights of another architecture, is a `CheckpointError` naming the file.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> trained = nn.Linear(3, 2)
+    >>> path = export_weights(trained, "model.safetensors")
+    >>> model = load_weights(nn.Linear(3, 2), path)
+    >>> torch.equal(model.weight, trained.weight)
+    True
+    >>> load_weights(nn.Linear(5, 2), path)
+    Traceback (most recent call last):
+    ...
+    gradloop.persistence.checkpoint.CheckpointError: ...model.safetensors...
+    """
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
