@@ -252,7 +252,7 @@ class LoaderBatches:
     def new_order(self) -> dict[str, Any]:
         if self.sampler is not None:
             return _new_order(self.shuffle, self.sampler.world_size)
-        return {"seed": None, "torch_rng": torch.get_rng_state()}
+        return {"seed": None, "torch_rng": torch.get_rng_state(), "generators": generator_states(self.loader)}
 
     def set_epoch(self, epoch: int) -> None:
         """Passes the epoch to a user loader's `DistributedSampler` (or any sampler with `set_epoch`)."""
@@ -269,7 +269,7 @@ class LoaderBatches:
                 self.sampler.worker_seed = order.get("base_seed", self.sampler.worker_seed)
             batches = iter(self.loader)
         elif start_batch > 0 and not self._restored:
-            batches = self._replay(order["torch_rng"], start_batch)
+            batches = self._replay(order, start_batch)
         else:
             batches = iter(self.loader)
         self._iterated, self._restored = True, False
@@ -277,22 +277,27 @@ class LoaderBatches:
             yield to_device(item, self.device, self.non_blocking)
 
     def state_dict(self) -> dict[str, Any] | None:
-        """A stateful loader's state (where its epoch is), for the resume point; None for any other."""
-        if not (self.stateful and self._iterated):
+        """A user loader's generators as they are now and a stateful loader's state (where its epoch is)."""
+        if self.sampler is not None:
             return None
-        return {"loader": self.loader.state_dict()}  # type: ignore[attr-defined]
+        stateful = self.stateful and self._iterated  # before its first iteration its state would start one
+        return {"generators": generator_states(self.loader), "loader": self.loader.state_dict() if stateful else None}  # type: ignore[attr-defined]
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if self.stateful and state and state.get("loader") is not None:
+        if self.sampler is not None or not state:
+            return
+        if self.stateful and state.get("loader") is not None:
             self.loader.load_state_dict(state["loader"])  # type: ignore[attr-defined]
             # Makes the restored iterator now, so that the next iter() continues it without a draw of its
-            # own: the uninterrupted run drew nothing there. (The RNG states are restored after this.)
+            # own: the uninterrupted run drew nothing there. (The global RNG states are restored after this.)
             self.loader.state_dict()  # type: ignore[attr-defined]
             self._restored = True
+        set_generator_states(self.loader, state.get("generators"))
 
-    def _replay(self, epoch_rng: torch.Tensor, start_batch: int) -> Iterator[Any]:
+    def _replay(self, order: dict[str, Any], start_batch: int) -> Iterator[Any]:
         now = torch.get_rng_state()
-        torch.set_rng_state(epoch_rng)
+        torch.set_rng_state(order["torch_rng"])
+        set_generator_states(self.loader, order.get("generators"))  # replayed, they end where the uninterrupted run's are
         batches = iter(self.loader)
         for _ in range(start_batch):
             next(batches, None)
@@ -313,6 +318,25 @@ class LoaderBatches:
         if collated is None:
             return None
         return to_device(collated, self.device)
+
+
+def user_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The generators a DataLoader draws from besides the global one: its own and its samplers'."""
+    found: list[torch.Generator] = []
+    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not known for known in found):
+            found.append(generator)
+    return found
+
+
+def generator_states(loader: DataLoader) -> list[torch.Tensor]:
+    return [generator.get_state() for generator in user_generators(loader)]
+
+
+def set_generator_states(loader: DataLoader, states: list[torch.Tensor] | None) -> None:
+    for generator, state in zip(user_generators(loader), states or []):
+        generator.set_state(state)
 
 
 Batches = Union[TensorBatches, LoaderBatches, "IndexedLoaderBatches"]
@@ -352,7 +376,7 @@ def make_batches(
         raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
-    options = {"pin_memory": device.type == "cuda", **(loader_options or {})}
+    options = loader_options or {}
     if isinstance(data, DataLoader):
         _check_not_empty(data.dataset, role)
         found = fast_path(data)
@@ -363,10 +387,10 @@ def make_batches(
         if options.get("num_workers", 0) > 0:  # workers draw each batch's random numbers from its own seed
             data, sampler.worker_seed = WorkerSeeded(data), 0
         # The loader's own generator keeps its iterator from drawing on the global RNG: new_order() does.
-        loader = build_loader(data, options, batch_sampler=sampler, generator=torch.Generator())
+        loader = build_loader(data, options, device, batch_sampler=sampler, generator=torch.Generator())
         return LoaderBatches(loader, device, sampler=sampler, shuffle=shuffle)
     if isinstance(data, IterableDataset):
-        loader = build_loader(data, options, batch_size=batch_size)
+        loader = build_loader(data, options, device, batch_size=batch_size)
         return LoaderBatches(loader, device)
     return TensorBatches(_in_memory(data, role, needs_targets), batch_size, shuffle, device, shard=shards)
 

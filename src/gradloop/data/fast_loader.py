@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torch.utils.data._utils.collate import default_collate
 
 from . import distributed
-from .batches import TensorBatches
+from .batches import TensorBatches, generator_states, set_generator_states
 
 
 def _draw(generator: torch.Generator | None) -> int:
@@ -139,21 +139,9 @@ class IndexedLoaderBatches:
 
     def state_dict(self) -> dict[str, Any]:
         """The user's generators as they are now (a resumed run continues their streams)."""
-        return {
-            "loader_generator": _state_of(self.loader.generator),
-            "sampler_generator": _state_of(getattr(self.sampler, "generator", None)),
-            "base_seed_drawn": self.base_seed_drawn,
-        }
+        return {"generators": generator_states(self.loader), "base_seed_drawn": self.base_seed_drawn}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if not state:
-            return
-        sampler_generator = getattr(self.sampler, "generator", None)
-        for generator, saved in ((self.loader.generator, state["loader_generator"]), (sampler_generator, state["sampler_generator"])):
-            if generator is not None and saved is not None:
-                generator.set_state(saved)
-        self.base_seed_drawn = bool(state["base_seed_drawn"])
-
-
-def _state_of(generator: torch.Generator | None) -> torch.Tensor | None:
-    return generator.get_state() if generator is not None else None
+        if state:
+            set_generator_states(self.loader, state.get("generators"))
+            self.base_seed_drawn = bool(state["base_seed_drawn"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..util import did_you_mean, first_line, seed_everything
@@ -58,10 +59,11 @@ def check(loader_options: Any) -> dict[str, Any]:
     return dict(loader_options)
 
 
-def build_loader(dataset: Any, options: dict[str, Any], **owned: Any) -> DataLoader:
-    """DataLoader(dataset, **owned, **options); DataLoader's own complaint about an option is one line naming loader_options."""
+def build_loader(dataset: Any, options: dict[str, Any], device: torch.device, **owned: Any) -> DataLoader:
+    """DataLoader(dataset, **owned, **options), pinned for CUDA unless the options say otherwise;
+    DataLoader's own complaint about an option is one line naming loader_options."""
     try:
-        return DataLoader(dataset, **owned, **options)
+        return DataLoader(dataset, **owned, **{"pin_memory": device.type == "cuda", **options})
     except (TypeError, ValueError) as err:
         raise type(err)(f"loader_options {options!r}: {first_line(err)}") from None
 
