@@ -160,3 +160,13 @@ def test_a_stateful_loader_is_recognised_without_importing_torchdata():
     assert batches.stateful and not make_batches(DataLoader(PairDataset(X, Y)), 8, True, torch.device("cpu"), "train").stateful
     script = "import sys, gradloop; from gradloop.data import batches, fast_loader; assert 'torchdata' not in sys.modules"
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_evaluation_and_prediction_take_loader_options_too():
+    model = make_model()
+    plain = trainer(model)
+    with_workers = plain.predict(PairDataset(X, Y), loader_options={"num_workers": 1})
+    assert torch.equal(with_workers, plain.predict(PairDataset(X, Y)))
+    assert plain.validate(PairDataset(X, Y), loader_options={"num_workers": 1}) == plain.validate(PairDataset(X, Y))
+    with pytest.raises(ValueError, match="did you mean 'timeout'"):
+        plain.test(PairDataset(X, Y), loader_options={"timeot": 1})
