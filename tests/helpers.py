@@ -68,3 +68,34 @@ def run_cli(capsys, *args):
         code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def straight_and_resumed(make_model, make_trainer, make_train, stop_step, tmp_path, **fit_options):
+    """Trains once straight through and once stopped by SIGTERM at `stop_step` then resumed, each from a
+    fresh `make_model()`, trainer (`make_trainer(model, run_dir, callbacks)`) and training data
+    (`make_train()`, called once per fit); returns (straight model, resumed model, resumed trainer)."""
+    import os
+    import signal
+
+    import pytest
+
+    import gradloop as gl
+
+    class StopAt(gl.Callback):
+        def on_train_batch_end(self, trainer, loss):
+            if trainer.state.global_step == stop_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    straight_model = make_model()
+    make_trainer(straight_model, tmp_path / "straight", []).fit(make_train(), **fit_options)
+    run = tmp_path / "interrupted"
+    with pytest.raises(SystemExit):
+        make_trainer(make_model(), run, [StopAt()]).fit(make_train(), **fit_options)
+    resumed_model = make_model()
+    resumed = make_trainer(resumed_model, run, [])
+    resumed.fit(make_train(), resume="last", **fit_options)
+    return straight_model, resumed_model, resumed
+
+
+def same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

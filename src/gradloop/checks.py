@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .data.batches import Batches, LoaderBatches, TensorBatches
+from .data.batches import Batches, TensorBatches
 from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES
 from .names.metrics import Metric
 from .step import Step, StepResult, batch_size_of, call_model, describe, logits_of, own_loss
@@ -101,7 +101,8 @@ def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Ste
         _raise(fit_problem(output, targets, loss_name, role, ignore_index))
     if loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
         labels = batches.targets if isinstance(batches, TensorBatches) else None
-        dataset = batches.loader.dataset if isinstance(batches, LoaderBatches) else None
+        loader = getattr(batches, "loader", None)  # a DataLoader, batched as given or by index
+        dataset = loader.dataset if loader is not None else None
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
             labels = dataset.tensors[1]
         if labels is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .names.metrics import MetricSet
 
@@ -29,16 +29,26 @@ class TrainState:
             setattr(self, key, int(state[key]))
 
 
+class DataState(Protocol):
+    """The training data's own state (a stateful loader's position, a user generator's state), or None."""
+
+    def state_dict(self) -> dict[str, Any] | None: ...
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None: ...
+
+
 @dataclass
 class ResumePoint:
     """What an epoch interrupted mid-way needs besides the counters: its data order (None between
     epochs), whether it is done (saved from `on_epoch_end`), its running metric sums and its LR
-    (the first param group's LR at its last optimizer step so far)."""
+    (the first param group's LR at its last optimizer step so far). `data`: the training batches,
+    whose own state is saved with it, between epochs too."""
 
     metrics: MetricSet
     order: dict[str, Any] | None = None
     epoch_done: bool = False
     epoch_lr: float = 0.0
+    data: DataState | None = None
 
     def start_epoch(self, order: dict[str, Any], lr: float) -> None:
         self.order, self.epoch_done, self.epoch_lr = order, False, float(lr)
@@ -54,10 +64,17 @@ class ResumePoint:
     def state_dict(self) -> dict[str, Any]:
         """Between epochs (or once the epoch is done) only the LR: the next epoch starts afresh."""
         mid = self.mid_epoch
-        return {"order": self.order if mid else None, "metrics": self.metrics.state_dict() if mid else None, "epoch_lr": self.epoch_lr}
+        return {
+            "order": self.order if mid else None,
+            "metrics": self.metrics.state_dict() if mid else None,
+            "epoch_lr": self.epoch_lr,
+            "data": self.data.state_dict() if self.data is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order, self.epoch_done, self.epoch_lr = state["order"], False, float(state["epoch_lr"])
+        if self.data is not None:
+            self.data.load_state_dict(state.get("data"))  # checkpoints before it was saved have none
         if state["metrics"] is not None:
             self.metrics.load_state_dict(state["metrics"])
         else:

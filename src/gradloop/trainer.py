@@ -20,6 +20,7 @@ from .checks import check_model_fits_data, eval_mode
 from .data import distributed
 from .data.batches import Batches, LoaderBatches, make_batches, unshuffled
 from .data.devices import Precision, resolve_device, resolve_precision
+from .data.loader_options import loader_options_for
 from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
@@ -133,17 +134,26 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def fit(
-        self, train: Any, val: Any = None, batch_size: int = 64, shuffle: bool = True, resume: str | os.PathLike[str] | None = None
+        self,
+        train: Any,
+        val: Any = None,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        resume: str | os.PathLike[str] | None = None,
+        loader_options: dict[str, Any] | None = None,
     ) -> History:
-        """Trains for `max_epochs` (counted over resumes) and returns the whole `History`."""
+        """Trains for `max_epochs` (counted over resumes) and returns the whole `History`.
+
+        `loader_options`: DataLoader settings (num_workers, ...) for a Dataset given as train or val."""
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be True or False; received: shuffle={shuffle!r}")
         if resume is not None and not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be None, 'last' or a checkpoint path; received: resume={resume!r}")
-        train_batches = make_batches(train, batch_size, shuffle, self.device, "train", shard=True)
+        options = loader_options_for(loader_options, train, val)
+        train_batches = make_batches(train, batch_size, shuffle, self.device, "train", shard=True, loader_options=options)
         if isinstance(train, DataLoader) and (warning := distributed.unsharded_loader_warning(train)) and distributed.is_rank_zero():
             warnings.warn(warning, stacklevel=2)
-        val_batches = make_batches(val, batch_size, False, self.device, "val", shard=True) if val is not None else None
+        val_batches = None if val is None else make_batches(val, batch_size, False, self.device, "val", shard=True, loader_options=options)
         self.value_names = check_model_fits_data(self.model, train_batches, self._step, self.metrics, "train") or []
         if val_batches is not None:
             check_model_fits_data(self.model, val_batches, self._step, self.metrics, "val")
@@ -163,7 +173,7 @@ class Trainer:
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
         self.state, self.history = TrainState(), History()
         self._train_batches = train
-        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names))
+        self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names), data=train)
         self.should_stop, self.stop_reason = False, None
         self._stop = StopVote(self._signals, self._channel)
         if self.seed is not None:
@@ -346,13 +356,13 @@ class Trainer:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
     # ----------------------------------------------------------------------------- evaluation
-    def validate(self, data: Any, batch_size: int | None = None) -> dict[str, float]:
+    def validate(self, data: Any, batch_size: int | None = None, loader_options: dict[str, Any] | None = None) -> dict[str, float]:
         """Loss and metrics over `data` in eval mode, as `{"val_loss": ..., "val_<metric>": ...}`."""
-        return self._evaluate_data(data, batch_size, "val")
+        return self._evaluate_data(data, batch_size, "val", loader_options)
 
-    def test(self, data: Any, batch_size: int | None = None) -> dict[str, float]:
+    def test(self, data: Any, batch_size: int | None = None, loader_options: dict[str, Any] | None = None) -> dict[str, float]:
         """Like `validate`, with keys `test_loss`, `test_<metric>`."""
-        return self._evaluate_data(data, batch_size, "test")
+        return self._evaluate_data(data, batch_size, "test", loader_options)
 
     def check_data(self, data: Any, role: str = "train", batch_size: int | None = None) -> None:
         """The checks `fit` makes before the first step, on `data` alone: raises ValueError or TypeError
@@ -360,19 +370,19 @@ class Trainer:
         batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role)
         check_model_fits_data(self.model, batches, self._step, self.metrics, role)
 
-    def _evaluate_data(self, data: Any, batch_size: int | None, role: str) -> dict[str, float]:
+    def _evaluate_data(self, data: Any, batch_size: int | None, role: str, loader_options: dict[str, Any] | None) -> dict[str, float]:
         # under torchrun every rank evaluates its shard and the metrics are all-reduced: call it on every rank
-        batches = make_batches(data, self._batch_size if batch_size is None else batch_size, False, self.device, role, shard=True)
+        size, options = self._batch_size if batch_size is None else batch_size, loader_options_for(loader_options, data)
+        batches = make_batches(data, size, False, self.device, role, shard=True, loader_options=options)
         value_names = check_model_fits_data(self.model, batches, self._step, self.metrics, role)
         return self._evaluate(batches, f"{role}_", value_names or [])
 
-    def predict(self, data: Any, batch_size: int | None = None) -> torch.Tensor:
+    def predict(self, data: Any, batch_size: int | None = None, loader_options: dict[str, Any] | None = None) -> torch.Tensor:
         """Model outputs for every sample, concatenated on the CPU (eval mode, no grad; float32 under
         mixed precision). `predict_step(model, batch)` decides what a batch gives, if set; outputs that are
         tuples or dicts of tensors are concatenated field by field."""
-        batches = make_batches(
-            data, self._batch_size if batch_size is None else batch_size, False, self.device, "predict", needs_targets=False
-        )
+        size, options = self._batch_size if batch_size is None else batch_size, loader_options_for(loader_options, data)
+        batches = make_batches(data, size, False, self.device, "predict", needs_targets=False, loader_options=options)
         outputs = []
         with torch.inference_mode(), eval_mode(self.model):
             for batch in batches.iterate(batches.new_order()):

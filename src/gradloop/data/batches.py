@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from . import distributed
 from .devices import to_device, tree_map
+from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
+
+if TYPE_CHECKING:
+    from .fast_loader import IndexedLoaderBatches
 
 Batch = tuple[Any, Any]
 _CUDA_RESIDENT_FRACTION = 0.25  # in-memory data up to this share of free GPU memory lives on the GPU
@@ -67,8 +71,11 @@ class TensorBatches:
         device: torch.device,
         drop_last: bool = False,
         shard: tuple[int, int, bool] | None = None,
+        rows: torch.Tensor | None = None,
     ) -> None:
-        self.num_samples = int(first_leaf(data).shape[0])
+        # rows: the samples are these rows of `data` (a Subset's indices), in this order
+        self.rows = rows
+        self.num_samples = int(first_leaf(data).shape[0]) if rows is None else len(rows)
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(self.num_samples, self.rank, self.world_size, self.pad)
         self.batch_size = batch_size
@@ -117,9 +124,15 @@ class TensorBatches:
         if order["seed"] is not None:
             generator = torch.Generator().manual_seed(order["seed"])
             index = torch.randperm(self.num_samples, generator=generator)
+        return self.batches_of(index, start_batch)
+
+    def batches_of(self, index: torch.Tensor | None, start_batch: int = 0) -> Iterator[Any]:
+        """The batches of the samples in the order `index` (None: in their own order), from `start_batch` on."""
         if self.world_size > 1:
             index = torch.arange(self.num_samples) if index is None else index
             index = distributed.shard_index(index, self.rank, self.world_size, self.pad)
+        if self.rows is not None:
+            index = self.rows if index is None else self.rows[index]
         if index is not None:
             index = index.to(first_leaf(self.data).device)
         for b in range(start_batch, len(self)):
@@ -137,9 +150,17 @@ class TensorBatches:
                 batch = to_device(batch, self.device, self.non_blocking)
             yield batch
 
+    def state_dict(self) -> None:
+        """In-memory data has no state of its own: the order is the resume point's."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
     def peek(self, n: int = 2) -> Any:
         """The first `n` samples, without drawing random numbers."""
-        return to_device(tree_map(lambda t: t[:n], self.data), self.device)
+        first = slice(None, n) if self.rows is None else self.rows[:n].to(first_leaf(self.data).device)
+        return to_device(tree_map(lambda t: t[first], self.data), self.device)
 
 
 def leaves(tree: Any) -> list[torch.Tensor]:
@@ -166,6 +187,7 @@ class OrderedBatchSampler(Sampler[list[int]]):
         self.shard_samples = distributed.shard_size(num_samples, self.rank, self.world_size, self.pad)
         self.seed: int | None = None
         self.start_batch = 0
+        self.worker_seed: int | None = None  # set: each batch carries its seed for the worker that loads it
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -183,15 +205,18 @@ class OrderedBatchSampler(Sampler[list[int]]):
             )
             order = distributed.shard_index(index, self.rank, self.world_size, self.pad).tolist()
         for b in range(self.start_batch, len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            indices = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield indices if self.worker_seed is None else SeededIndices(indices, batch_seed(self.worker_seed, self.rank, b))
 
 
 class LoaderBatches:
     """Batches from a DataLoader, moved to the device, as the loader yields them.
 
-    A loader built by gradloop (`sampler` given) jumps straight to a resumed position. A user's
-    loader is replayed up to it from the torch RNG state of the epoch's start, which yields the same
-    order as the uninterrupted run (at the cost of loading the skipped batches).
+    A loader built by gradloop (`sampler` given) jumps straight to a resumed position. So does a
+    stateful loader (torchdata's `StatefulDataLoader`, or any DataLoader with `state_dict()` and
+    `load_state_dict()`): its state goes into the resume point. Any other user loader is replayed up
+    to it from the torch RNG state of the epoch's start, which yields the same order as the
+    uninterrupted run (at the cost of loading the skipped batches).
     """
 
     def __init__(self, loader: DataLoader, device: torch.device, sampler: OrderedBatchSampler | None = None, shuffle: bool = False) -> None:
@@ -200,6 +225,9 @@ class LoaderBatches:
         self.sampler = sampler
         self.shuffle = shuffle
         self.non_blocking = device.type == "cuda" and bool(getattr(loader, "pin_memory", False))
+        self.stateful = sampler is None and all(callable(getattr(loader, name, None)) for name in ("state_dict", "load_state_dict"))
+        self._iterated = False  # a stateful loader's state means something once it has been iterated
+        self._restored = False  # a stateful loader's saved state is loaded: its next iteration resumes
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -224,7 +252,7 @@ class LoaderBatches:
     def new_order(self) -> dict[str, Any]:
         if self.sampler is not None:
             return _new_order(self.shuffle, self.sampler.world_size)
-        return {"seed": None, "torch_rng": torch.get_rng_state()}
+        return {"seed": None, "torch_rng": torch.get_rng_state(), "generators": generator_states(self.loader)}
 
     def set_epoch(self, epoch: int) -> None:
         """Passes the epoch to a user loader's `DistributedSampler` (or any sampler with `set_epoch`)."""
@@ -237,17 +265,39 @@ class LoaderBatches:
         batches: Iterator[Any]
         if self.sampler is not None:
             self.sampler.seed, self.sampler.start_batch = order["seed"], start_batch
+            if self.sampler.worker_seed is not None:  # a checkpoint without it (older) keeps the last one
+                self.sampler.worker_seed = order.get("base_seed", self.sampler.worker_seed)
             batches = iter(self.loader)
-        elif start_batch > 0:
-            batches = self._replay(order["torch_rng"], start_batch)
+        elif start_batch > 0 and not self._restored:
+            batches = self._replay(order, start_batch)
         else:
             batches = iter(self.loader)
+        self._iterated, self._restored = True, False
         for item in batches:
             yield to_device(item, self.device, self.non_blocking)
 
-    def _replay(self, epoch_rng: torch.Tensor, start_batch: int) -> Iterator[Any]:
+    def state_dict(self) -> dict[str, Any] | None:
+        """A user loader's generators as they are now and a stateful loader's state (where its epoch is)."""
+        if self.sampler is not None:
+            return None
+        stateful = self.stateful and self._iterated  # before its first iteration its state would start one
+        return {"generators": generator_states(self.loader), "loader": self.loader.state_dict() if stateful else None}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.sampler is not None or not state:
+            return
+        if self.stateful and state.get("loader") is not None:
+            self.loader.load_state_dict(state["loader"])  # type: ignore[attr-defined]
+            # Makes the restored iterator now, so that the next iter() continues it without a draw of its
+            # own: the uninterrupted run drew nothing there. (The global RNG states are restored after this.)
+            self.loader.state_dict()  # type: ignore[attr-defined]
+            self._restored = True
+        set_generator_states(self.loader, state.get("generators"))
+
+    def _replay(self, order: dict[str, Any], start_batch: int) -> Iterator[Any]:
         now = torch.get_rng_state()
-        torch.set_rng_state(epoch_rng)
+        torch.set_rng_state(order["torch_rng"])
+        set_generator_states(self.loader, order.get("generators"))  # replayed, they end where the uninterrupted run's are
         batches = iter(self.loader)
         for _ in range(start_batch):
             next(batches, None)
@@ -270,16 +320,39 @@ class LoaderBatches:
         return to_device(collated, self.device)
 
 
-Batches = TensorBatches | LoaderBatches
+def user_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The generators a DataLoader draws from besides the global one: its own and its samplers'."""
+    found: list[torch.Generator] = []
+    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not known for known in found):
+            found.append(generator)
+    return found
+
+
+def generator_states(loader: DataLoader) -> list[torch.Tensor]:
+    return [generator.get_state() for generator in user_generators(loader)]
+
+
+def set_generator_states(loader: DataLoader, states: list[torch.Tensor] | None) -> None:
+    for generator, state in zip(user_generators(loader), states or []):
+        generator.set_state(state)
+
+
+Batches = Union[TensorBatches, LoaderBatches, "IndexedLoaderBatches"]
 
 
 def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
-    """The epoch's shuffle seed, drawn as a DataLoader iterator draws it; rank 0's on every rank."""
-    _draw_seed()  # the DataLoader iterator's base seed
+    """The epoch's shuffle seed, drawn as a DataLoader iterator draws it; rank 0's on every rank.
+
+    `base_seed` is where a DataLoader iterator's base seed comes from: gradloop's loaders with
+    workers derive each batch's worker seed from it.
+    """
+    base_seed = _draw_seed()
     seed = _draw_seed() if shuffle else None
     if seed is not None and world_size > 1:
         seed = distributed.broadcast_int(seed)
-    return {"seed": seed}
+    return {"seed": seed, "base_seed": base_seed}
 
 
 def unshuffled(batches: Batches) -> Iterator[Any]:
@@ -291,27 +364,41 @@ def unshuffled(batches: Batches) -> Iterator[Any]:
 
 
 def make_batches(
-    data: Any, batch_size: int, shuffle: bool, device: torch.device, role: str, needs_targets: bool = True, shard: bool = False
+    data: Any,
+    batch_size: int,
+    shuffle: bool,
+    device: torch.device,
+    role: str,
+    needs_targets: bool = True,
+    shard: bool = False,
+    loader_options: dict[str, Any] | None = None,
 ) -> Batches:
     """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages.
 
     `shard`: under torchrun, batch only this rank's part (padded to equal parts for "train").
+    `loader_options`: DataLoader settings for a Dataset (checked by `loader_options.check`).
     """
+    from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
+    options = loader_options or {}
     if isinstance(data, DataLoader):
         _check_not_empty(data.dataset, role)
-        return LoaderBatches(data, device)
+        found = fast_path(data)
+        return IndexedLoaderBatches(data, *found, device) if found is not None else LoaderBatches(data, device)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         _check_not_empty(data, role)
         sampler = OrderedBatchSampler(len(data), batch_size, shard=shards)  # type: ignore[arg-type]
+        if options.get("num_workers", 0) > 0:  # workers draw each batch's random numbers from its own seed
+            data, sampler.worker_seed = WorkerSeeded(data), 0
         # The loader's own generator keeps its iterator from drawing on the global RNG: new_order() does.
-        loader = DataLoader(data, batch_sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
+        loader = build_loader(data, options, device, batch_sampler=sampler, generator=torch.Generator())
         return LoaderBatches(loader, device, sampler=sampler, shuffle=shuffle)
     if isinstance(data, IterableDataset):
-        loader = DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda")
+        loader = build_loader(data, options, device, batch_size=batch_size)
         return LoaderBatches(loader, device)
     return TensorBatches(_in_memory(data, role, needs_targets), batch_size, shuffle, device, shard=shards)
 
