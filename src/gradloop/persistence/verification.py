@@ -31,7 +31,9 @@ class CheckpointInfo:
 
     `epoch` is the epoch a resume starts in (counted from 0, so between epochs it is the number of
     epochs done); `step` the optimizer steps taken; `mid_epoch` whether it was written inside an
-    epoch (`batch_in_epoch` batches into it); `size` the file's size in bytes.
+    epoch (`batch_in_epoch` batches into it); `size` the file's size in bytes; `settings` what the
+    run checks on resume (batch size, data size, optimizer, loss, seed, ...) and `hyperparameters`
+    the optimizer's first parameter group (lr, betas, weight_decay, ...).
     """
 
     path: Path
@@ -41,6 +43,8 @@ class CheckpointInfo:
     mid_epoch: bool = False
     batch_in_epoch: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         done = f"{self.epoch} epoch{'s' if self.epoch != 1 else ''} done"
@@ -90,6 +94,8 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         mid_epoch=mid_epoch,
         batch_in_epoch=progress.batch_in_epoch if mid_epoch else 0,
         versions={str(k): str(v) for k, v in versions.items()} if isinstance(versions, Mapping) else {},
+        settings=_plain(saved["settings"]),
+        hyperparameters=_first_group(saved["optimizer"]),
     )
 
 
@@ -135,6 +141,25 @@ def _plain_files(directory: Path) -> Iterator[Path]:
 def _check_model(model: Any, path: Path) -> None:
     if not isinstance(model, Mapping) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold model weights (its 'model' part is not a state dict of tensors)")
+
+
+def _first_group(optimizer: Any) -> dict[str, Any]:
+    groups = optimizer.get("param_groups") if isinstance(optimizer, Mapping) else None
+    if not groups or not isinstance(groups[0], Mapping):
+        return {}
+    return _plain({k: v for k, v in groups[0].items() if k != "params"})
+
+
+def _plain(values: Any) -> dict[str, Any]:
+    """A dict of plain Python values: 0-d tensors (a tensor lr) as numbers, other tensors described."""
+    if not isinstance(values, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else f"tensor of shape {tuple(value.shape)}"
+        out[str(key)] = value
+    return out
 
 
 def size_text(size: int) -> str:
