@@ -8,6 +8,7 @@ through each chart's data domain and plot area.
 import contextlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -196,3 +197,25 @@ def test_bad_input_is_one_line_and_writes_nothing(runs: list[Path], tmp_path: Pa
         code, out, err = run_cli(capsys, "report", *args)
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (args, err)
     assert not Path("report.html").exists() and sorted(p.name for p in Path("not-a-run").iterdir()) == []
+
+
+def test_a_value_that_is_not_finite_breaks_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "diverged"
+    run.mkdir()
+    (run / "metrics.csv").write_text(
+        "epoch,loss,val_loss,lr,time\n0,1.5,1.4,0.1,1\n1,0.9,,0.1,1\n2,nan,1.1,0.1,1\n3,0.7,inf,0.1,1\n4,0.6,1.0,0.1,1\n"
+    )
+    code, _, err = run_cli(capsys, "report", run)
+    assert code == 0, err
+    html = Path("report.html").read_text()
+    lines = re.findall(r'<polyline class="series" data-run="diverged" data-split="(\w+)" data-column="(\w+)" data-epochs="([\d ]+)"', html)
+    assert lines == [
+        ("train", "loss", "0 1"),
+        ("train", "loss", "3 4"),
+        ("val", "val_loss", "0 2"),  # epoch 1 has no val_loss: joined over
+        ("val", "val_loss", "4"),
+        ("train", "lr", "0 1 2 3 4"),
+    ]
+    assert "diverged loss: not finite at epoch 2" in html and "diverged val_loss: not finite at epoch 3" in html
+    assert page_data(html)["runs"][0]["metrics"][2]["loss"] is None  # NaN: null in strict JSON
+    assert "no checkpoints, no model.safetensors" in html and "none found" in html

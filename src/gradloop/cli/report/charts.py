@@ -5,7 +5,8 @@ Every chart says how to read it back: the `<svg>` carries its data domain (`data
 `data-x-max`, `data-y-min`, `data-y-max`) and its plot area in SVG units (`data-plot-x`,
 `data-plot-y`, `data-plot-width`, `data-plot-height`); every `<polyline>` carries `data-run`,
 `data-split`, `data-column` and `data-epochs` (the epoch of each point, in order). A value that
-is missing or not finite breaks the line: the series goes on in a new polyline.
+is not finite (NaN, Inf) breaks the line: the series goes on in a new polyline; an epoch without
+the value (validation that did not run) is left out and the line joins its neighbours.
 """
 
 from __future__ import annotations
