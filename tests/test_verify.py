@@ -157,3 +157,11 @@ def test_the_console_command_exit_codes(run: Path) -> None:
     (run / "checkpoints" / "best.ckpt").write_text("junk")
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and "FAIL" in done.stdout and "best.ckpt" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["verify", "report"])
+def test_the_new_commands_have_help_with_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "examples:" in out and f"gradloop {command}" in out
+    code, out, _ = run_cli(capsys, "--help")
+    assert command in out

@@ -137,11 +137,11 @@ def _metrics(runs: Sequence[RunData]) -> str:
         for r, best in zip(runs, bests):
             final = next((row[name] for row in reversed(r.rows) if name in row), math.nan)
             if best is None:
-                cells.append(_td(f"final {fmt(final)}", "num", final=repr(final)))
+                cells.append(_td(f"final {fmt(final)}", final=repr(final)))
                 continue
             epoch = r.rows[best[0]].get("epoch", best[0])
             text = f"best {fmt(best[1])} @ epoch {epoch} · final {fmt(final)}"
-            css = "num winner" if best[1] == winner else "num"
+            css = "winner" if best[1] == winner else ""
             cells.append(_td(text, css, best=repr(best[1]), best_epoch=epoch, final=repr(final)))
         rows.append(_tr(cells, metric=name))
     return "<h2>Best and final metrics</h2>" + _table(["metric", *(r.label for r in runs)], rows, "metrics")
