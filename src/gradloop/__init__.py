@@ -11,6 +11,7 @@ from .doctor import doctor, lr_find  # the doctor's checks themselves load on th
 from .history import History
 from .persistence.checkpoint import CheckpointError
 from .persistence.runlock import RunDirLocked
+from .persistence.verification import CheckpointInfo, verify_checkpoint
 from .persistence.weights import load_weights
 from .state import TrainState
 from .trainer import Trainer
@@ -25,6 +26,8 @@ __all__ = [
     "seed_everything",
     "load_weights",
     "CheckpointError",
+    "verify_checkpoint",
+    "CheckpointInfo",
     "RunDirLocked",
     *callbacks.__all__,
     "doctor",

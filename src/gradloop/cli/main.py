@@ -51,6 +51,18 @@ output columns: prediction, prob_<label>... (classifiers); prediction (regressor
   gradloop doctor wine.toml --set train.lr=0.1""",
     "plot": """examples:
   gradloop plot runs/wine-20250101-120000     # writes runs/wine-20250101-120000/curves.png""",
+    "verify": """examples:
+  gradloop verify runs/wine-20250101-120000                  # its checkpoints and model.safetensors
+  gradloop verify runs/wine-20250101-120000/checkpoints/last.ckpt other.ckpt
+
+one line per file: `ok` with the epoch and step it holds, or `FAIL` and what is wrong;
+exit 1 when a file fails""",
+    "report": """examples:
+  gradloop report runs/wine-20250101-120000                  # writes ./report.html
+  gradloop report runs/wine-lr-0.01 runs/wine-lr-0.001 --out compare.html
+
+one self-contained HTML file (opens offline): the runs' curves overlaid, their settings side by
+side with the differences marked, best and final metrics, doctor findings, checkpoints""",
     "runs": """examples:
   gradloop runs             # runs under ./runs
   gradloop runs experiments/""",
@@ -124,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plot", "(re)write RUN_DIR/curves.png from metrics.csv")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
 
+    p = command("verify", "check every checkpoint's checksum and structure")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR|FILE", help="run directories (their checkpoints/ and model.safetensors) or files")
+
+    p = command("report", "write one HTML page comparing runs: curves, settings, metrics, checkpoints")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each with a metrics.csv)")
+    p.add_argument("--out", metavar="FILE", default="report.html", help="the HTML file to write (default: ./report.html)")
+
     p = command("runs", "list runs with their best and final metrics")
     p.add_argument("dir", nargs="?", metavar="DIR", help="where the runs are (default: runs)")
     return parser
@@ -156,6 +175,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .commands.plot import plot
 
         return plot(args.run_dir)
+    if command == "verify":
+        from .commands.verify import verify
+
+        return verify(args.paths)
+    if command == "report":
+        from .commands.report import report
+
+        return report(args.run_dirs, args.out)
     from .commands.runs import runs
 
     return runs(args.dir)

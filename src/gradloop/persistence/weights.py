@@ -24,6 +24,20 @@ def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (on the CPU); a missing or unreadable file is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:
+        raise CheckpointError(
+            f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}"
+        ) from None
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
     """Loads weights written by `export_weights` (or any safetensors file) into `model`; returns it.
 
@@ -42,16 +56,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     ...
     gradloop.persistence.checkpoint.CheckpointError: ...model.safetensors...
     """
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as err:
-        raise CheckpointError(
-            f"weights file {str(path)!r} is not a readable safetensors file: {type(err).__name__}: {first_line(err)}"
-        ) from None
+    tensors = read_weights(path)
     if strict:
         load_model_state(model, tensors, path)
         return model
