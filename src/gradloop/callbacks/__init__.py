@@ -1,10 +1,11 @@
-"""Callbacks: early stopping, LR schedules, checkpoints, NaN guard, logging, progress, plots."""
+"""Callbacks: early stopping, LR schedules, checkpoints, NaN guard, logging (files, TensorBoard, MLflow), progress, plots."""
 
 from .base import Callback
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
 from .logging import CSVLogger, JSONLLogger, TensorBoardLogger
 from .lr import LRScheduler, ReduceLROnPlateau
+from .mlflow import MLflowLogger
 from .nan import TerminateOnNaN
 from .plots import PlotCurves
 from .progress import ProgressBar
@@ -15,6 +16,7 @@ __all__ = [
     "EarlyStopping",
     "JSONLLogger",
     "LRScheduler",
+    "MLflowLogger",
     "ModelCheckpoint",
     "PlotCurves",
     "ProgressBar",

@@ -214,6 +214,14 @@ class TerminateOnNaNConfig(_Section):
     """`gl.TerminateOnNaN` (no settings)."""
 
 
+class MLflowConfig(_Section):
+    """`gl.MLflowLogger`: the run's settings, metrics and files go to MLflow (needs `pip install gradloop[mlflow]`)."""
+
+    experiment: str | None = None  # default: MLFLOW_EXPERIMENT_NAME or MLflow's "Default"
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI or MLflow's default
+    run_name: str | None = None
+
+
 class CallbacksConfig(_Section):
     """A table present turns its callback on."""
 
@@ -221,6 +229,7 @@ class CallbacksConfig(_Section):
     reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = None
     model_checkpoint: ModelCheckpointConfig | None = None
     terminate_on_nan: TerminateOnNaNConfig | None = None
+    mlflow: MLflowConfig | None = None
 
 
 class Config(_Section):
