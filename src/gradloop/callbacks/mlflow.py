@@ -173,7 +173,7 @@ class MLflowLogger(Callback):
             if epoch in self._logged_epochs:
                 continue
             self._logged_epochs.add(epoch)
-            metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if _is_number(v)]
         if metrics:
             self._client.log_batch(self.run_id, metrics=metrics)
 
@@ -204,6 +204,10 @@ class MLflowLogger(Callback):
             self._close(self._ended_status())
         except Exception as err:  # the process is ending: say it, do not mask its exit status
             print(f"gradloop: could not mark MLflow run {self.run_id} as ended: {err}", file=sys.stderr)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def trainer_params(trainer: "Trainer") -> dict[str, Any]:
