@@ -30,7 +30,8 @@ def make_data(n=96, seed=0):
 def make_trainer(logger, run_dir, max_epochs=3, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    return gl.Trainer(model, lr=0.01, callbacks=[logger, *kwargs.pop("callbacks", [])], max_epochs=max_epochs, run_dir=run_dir, device="cpu", **kwargs)
+    callbacks = [logger, *kwargs.pop("callbacks", [])]
+    return gl.Trainer(model, lr=0.01, callbacks=callbacks, max_epochs=max_epochs, run_dir=run_dir, device="cpu", **kwargs)
 
 
 def history_of(client, run_id, key):
