@@ -153,6 +153,13 @@ def test_command_line_mlflow_table_logs_the_config_as_params(tmp_path, tracking_
     assert [step for step, _ in history_of(client, run.info.run_id, "val_loss")] == [0, 1]
     assert {"config.toml", "metrics.csv", "curves.png", "model.safetensors"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
+    code, _, err = run_cli(capsys, "resume", tmp_path / "run", "--max-epochs", "3")
+    assert code == 0, err
+    (resumed,) = client.search_runs([run.info.experiment_id])  # the same run, one more epoch
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert [step for step, _ in history_of(client, run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert "keeps its params" in err and "train.max_epochs=2 (now 3)" in err  # MLflow params cannot change
+
     config.write_text(BLOBS_CONFIG + "[callbacks.mlflow]\nexperimnt = 'x'\n")
     code, _, err = run_cli(capsys, "fit", config, "--run-dir", tmp_path / "bad")
     assert code == 2 and "callbacks.mlflow.experimnt" in err and "experiment" in err and not (tmp_path / "bad").exists()
