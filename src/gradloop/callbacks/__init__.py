@@ -1,4 +1,5 @@
-"""Callbacks: early stopping, LR schedules, weight averaging, checkpoints, NaN guard, logging, progress, plots."""
+"""Callbacks: early stopping, LR schedules, weight averaging, checkpoints, NaN guard, logging (files, TensorBoard, MLflow),
+progress, plots."""
 
 from .averaging import EMA, SWA
 from .base import Callback
@@ -6,6 +7,7 @@ from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
 from .logging import CSVLogger, JSONLLogger, TensorBoardLogger
 from .lr import LRScheduler, ReduceLROnPlateau
+from .mlflow import MLflowLogger
 from .nan import TerminateOnNaN
 from .plots import PlotCurves
 from .progress import ProgressBar
@@ -17,6 +19,7 @@ __all__ = [
     "EMA",
     "JSONLLogger",
     "LRScheduler",
+    "MLflowLogger",
     "ModelCheckpoint",
     "PlotCurves",
     "ProgressBar",

@@ -1,4 +1,4 @@
-"""Progress display: a live rich bar on a terminal, one plain line per epoch everywhere else."""
+"""Progress display: a live rich bar on a terminal or in a Jupyter notebook, one plain line per epoch everywhere else."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def format_logs(logs: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def _in_notebook() -> bool:
+    """A Jupyter kernel, as rich decides it (`Console.is_jupyter`); rich is imported only under IPython."""
+    if "IPython" not in sys.modules:
+        return False
+    from rich import get_console
+
+    return get_console().is_jupyter
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -40,8 +49,10 @@ class ProgressBar(Callback):
 
     When the output is a terminal (decided at construction, or forced with `live=True/False`) a
     live bar also runs during each epoch: epoch E/N, batch/total, running loss, it/s and ETA.
-    Anywhere else (CI logs, pipes, notebooks, pytest's capture) only the one line per epoch is
-    printed, and the per-batch hook is not even installed, so the loop skips it entirely.
+    In a Jupyter notebook (printing to its stdout) the same bar is one rich display per fit,
+    updated in place (IPython's `display(..., display_id=True)`) and left showing the last epoch,
+    above the epoch lines. Anywhere else (CI logs, pipes, pytest's capture) only the one line per
+    epoch is printed, and the per-batch hook is not even installed, so the loop skips it entirely.
 
     Cost of the live bar: a counter and a clock read per batch; at most `refresh_per_second`
     times per second it reads that batch's loss (`float(loss)`, a host sync that waits for the
@@ -56,29 +67,38 @@ class ProgressBar(Callback):
         if not refresh_per_second > 0:
             raise ValueError(f"refresh_per_second must be positive; received: refresh_per_second={refresh_per_second!r}")
         self.stream = stream
-        self.live = _is_terminal(stream or sys.stdout) if live is None else bool(live)
+        self.notebook = (stream is None or stream is sys.stdout) and _in_notebook()
+        self.live = (self.notebook or _is_terminal(stream or sys.stdout)) if live is None else bool(live)
         self.refresh_interval = 1.0 / refresh_per_second
         self._progress: Any = None
+        self._display: Any = None  # the notebook's display handle, one per fit
 
     def listens(self, hook: str) -> bool:  # plain lines cost nothing per batch: the loop skips the call
         return self.live if hook == "on_train_batch_end" else super().listens(hook)
 
     # ------------------------------------------------------------------ the epoch line (always)
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if self._display is not None and self._progress is not None:  # the notebook's bar stays, complete
+            self._progress.update(self._task, completed=self._batches, info=self._info(time.perf_counter() - self._started))
+            self._display.update(self._progress)
         self._stop_live()
         width = len(str(trainer.max_epochs))
         line = f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}  {format_logs(logs)}"
         print(line, file=self.stream or sys.stdout, flush=True)
 
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self._display = None  # a new fit gets its own display, never the one of an earlier cell
+
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._stop_live()
+        self._display = None
 
     # ------------------------------------------------------------------ the live bar (terminal)
     def on_epoch_start(self, trainer: "Trainer") -> None:
         if not self.live:
             return
         self._stop_live()  # a bar left over by a fit that raised
-        self._progress = _new_progress(self.stream or sys.stdout)
+        self._progress = _new_progress(None if self.notebook else self.stream or sys.stdout)
         width = len(str(trainer.max_epochs))
         self._total = getattr(trainer, "batches_per_epoch", None)
         self._batches = self._start_batches = trainer.state.batch_in_epoch  # not 0 when resuming mid-epoch
@@ -91,8 +111,15 @@ class ProgressBar(Callback):
             completed=self._batches,
             info=self._info(0.0),
         )
-        self._progress.start()
-        atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
+        if not self.notebook:
+            self._progress.start()
+            atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
+        elif self._display is None:
+            from IPython.display import display
+
+            self._display = display(self._progress, display_id=True)  # rich renders it as HTML (and text)
+        else:
+            self._display.update(self._progress)
 
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         self._batches += 1
@@ -103,7 +130,10 @@ class ProgressBar(Callback):
         self._loss_sum += float(loss)  # host sync, at most refresh_per_second times a second
         self._loss_count += 1
         self._progress.update(self._task, completed=self._batches, info=self._info(now - self._started))
-        self._progress.refresh()
+        if self._display is not None:
+            self._display.update(self._progress)
+        else:
+            self._progress.refresh()
 
     def _info(self, elapsed: float) -> str:
         """`412/938  loss 0.2345  1,234.5 it/s  ETA 0:03`: one text column (rich redraws tables slowly)."""
@@ -121,8 +151,9 @@ class ProgressBar(Callback):
     def _stop_live(self) -> None:
         if self._progress is not None:
             progress, self._progress = self._progress, None
-            progress.stop()
-            atexit.unregister(self._stop_live)
+            if not self.notebook:
+                progress.stop()
+                atexit.unregister(self._stop_live)
 
 
 def _duration(seconds: float) -> str:
@@ -131,14 +162,16 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _new_progress(stream: TextIO) -> Any:
+def _new_progress(stream: TextIO | None) -> Any:
+    """A terminal bar on `stream`; with None, a bar that the notebook's display renders (never started)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+    if stream is None:
+        return Progress(*columns, auto_refresh=False)
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
+        *columns,
         console=Console(file=stream, force_terminal=True),
         auto_refresh=False,
         transient=True,

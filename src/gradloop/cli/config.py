@@ -224,6 +224,14 @@ class TerminateOnNaNConfig(_Section):
     """`gl.TerminateOnNaN` (no settings)."""
 
 
+class MLflowConfig(_Section):
+    """`gl.MLflowLogger`: the run's settings, metrics and files go to MLflow (needs `pip install gradloop[mlflow]`)."""
+
+    experiment: str | None = Field(None, description='the MLflow experiment (default: MLFLOW_EXPERIMENT_NAME or MLflow\'s "Default")')
+    tracking_uri: str | None = Field(None, description="where MLflow stores runs (default: MLFLOW_TRACKING_URI or MLflow's default)")
+    run_name: str | None = Field(None, description="the MLflow run's name (default: MLflow picks one)")
+
+
 class CallbacksConfig(_Section):
     """A table present turns its callback on."""
 
@@ -231,6 +239,7 @@ class CallbacksConfig(_Section):
     reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = Field(None, description="gl.ReduceLROnPlateau")
     model_checkpoint: ModelCheckpointConfig | None = Field(None, description="gl.ModelCheckpoint (replaces the default one)")
     terminate_on_nan: TerminateOnNaNConfig | None = Field(None, description="gl.TerminateOnNaN")
+    mlflow: MLflowConfig | None = Field(None, description="gl.MLflowLogger (needs gradloop[mlflow])")
 
 
 class Config(_Section):

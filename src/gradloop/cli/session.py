@@ -25,6 +25,7 @@ CALLBACKS = {
     "reduce_lr_on_plateau": ("lr", "ReduceLROnPlateau"),
     "model_checkpoint": ("checkpoint", "ModelCheckpoint"),
     "terminate_on_nan": ("nan", "TerminateOnNaN"),
+    "mlflow": ("mlflow", "MLflowLogger"),
 }
 
 
@@ -108,10 +109,13 @@ def build_callbacks(config: Config) -> list[Any]:
         cls = callback_class(module, name)
         if cls is None:
             raise UsageError(f"[callbacks.{key}]: gl.{name} is not available in this gradloop installation yet: remove the table")
+        unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
+        options = section.model_dump(exclude=unset)
+        if key == "mlflow":
+            options["params"] = config.resolved()  # the whole config as params: train.lr, data.batch_size, ...
         try:
-            unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
-            callbacks.append(cls(**section.model_dump(exclude=unset)))
-        except (TypeError, ValueError) as err:
+            callbacks.append(cls(**options))
+        except (TypeError, ValueError, ImportError) as err:
             raise UsageError(f"[callbacks.{key}]: {first_line(err)}") from None
     return callbacks
 
