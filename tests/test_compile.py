@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import textwrap
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 import gradloop as gl
 from gradloop.persistence import checkpoint
+from helpers import torchrun
 
 
 class Recording:
@@ -190,3 +192,56 @@ def test_inductor_trains_close_to_eager():
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert history[-1]["val_loss"] == pytest.approx(eager_history[-1]["val_loss"], rel=1e-4)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    from torch import nn
+    import gradloop as gl
+
+    rank, out = int(os.environ["RANK"]), sys.argv[1]
+    graphs = []
+
+    def recording(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(rank)  # different on each rank: DDP starts every rank from rank 0's weights
+            self.hidden, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.out(self.hidden(x).relu())
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(90, 6, generator=g)
+    y = (X[:, :2].sum(dim=1) > 0).long()
+    for name, compile in (("eager", False), ("compiled", {"backend": recording})):
+        net = Net()
+        trainer = gl.Trainer(net, lr=1e-2, max_epochs=2, accumulate_grad_batches=2, compile=compile, default_callbacks=False)
+        trainer.fit((X, y), val=(X[:30], y[:30]), batch_size=8)
+        torch.save({"state": net.state_dict(), "history": dict(trainer.history), "graphs": len(graphs)},
+                   os.path.join(out, f"{name}{rank}.pt"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_under_ddp_the_compiled_module_is_what_ddp_wraps(tmp_path):
+    """2 ranks (Gloo): compiled DDP training, with no_sync under accumulation, equals eager DDP bit for bit."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    (tmp_path / "train.py").write_text(DDP_SCRIPT)
+    done = torchrun(tmp_path / "train.py", tmp_path, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = {(name, rank): torch.load(tmp_path / f"{name}{rank}.pt") for name in ("eager", "compiled") for rank in (0, 1)}
+    assert runs["eager", 0]["graphs"] == 0 and runs["compiled", 0]["graphs"] > 0
+    for rank in (0, 1):
+        eager, compiled = runs["eager", rank], runs["compiled", rank]
+        assert compiled["history"] == {**eager["history"], "time": compiled["history"]["time"]}
+        assert all(torch.equal(a, b) for a, b in zip(eager["state"].values(), compiled["state"].values()))
+        assert list(compiled["state"]) == ["hidden.weight", "hidden.bias", "out.weight", "out.bias"]
