@@ -11,7 +11,7 @@ from torch import nn
 
 import gradloop as gl
 from gradloop.persistence import checkpoint
-from helpers import torchrun
+from helpers import BLOBS_CONFIG, run_cli, torchrun, write_blobs_csv
 
 
 class Recording:
@@ -192,6 +192,19 @@ def test_inductor_trains_close_to_eager():
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert history[-1]["val_loss"] == pytest.approx(eager_history[-1]["val_loss"], rel=1e-4)
+
+
+def test_the_command_line_compiles_with_train_compile(tmp_path, capsys):
+    write_blobs_csv(tmp_path / "blobs.csv", n=60)
+    (tmp_path / "run.toml").write_text(BLOBS_CONFIG + 'compile = { backend = "eager" }\n')
+    code, _, err = run_cli(capsys, "fit", "run.toml", "--run-dir", "run")
+    assert code == 0, err
+    assert 'compile = { backend = "eager" }' in (tmp_path / "run" / "config.toml").read_text()
+    assert not any("_orig_mod" in key for key in load_file(tmp_path / "run" / "model.safetensors"))
+    (tmp_path / "bad.toml").write_text(BLOBS_CONFIG + 'compile = { mdoe = "max-autotune" }\n')
+    code, _, err = run_cli(capsys, "fit", "bad.toml", "--run-dir", "bad")
+    assert code == 2 and "train.compile: compile has an unknown option 'mdoe' (did you mean 'mode'?)" in err
+    assert not (tmp_path / "bad").exists()
 
 
 DDP_SCRIPT = textwrap.dedent(
