@@ -15,14 +15,20 @@ from helpers import BLOBS_CONFIG, run_cli, torchrun, write_blobs_csv
 
 
 class Recording:
-    """A torch.compile backend that runs dynamo's graphs as they are (eager math) and records each one."""
+    """A torch.compile backend that runs dynamo's graphs as they are (torch's "eager" backend) and records
+    each one, and whether a compiled graph ran for training, evaluation (under inference mode) or both."""
 
     def __init__(self):
-        self.graphs = []
+        self.graphs, self.ran_for_evaluation = [], set()
 
     def __call__(self, graph, example_inputs):
         self.graphs.append(graph)
-        return graph.forward
+
+        def run(*args):
+            self.ran_for_evaluation.add(torch.is_inference_mode_enabled())
+            return graph.forward(*args)
+
+        return run
 
 
 def problem(seed=0):
@@ -67,7 +73,7 @@ def test_compiled_forwards_give_the_eager_numbers_exactly():
     t, history = fit(model, X, y, compile={"backend": backend}, accumulate_grad_batches=2)
     _, eager_history = fit(eager, X, y, accumulate_grad_batches=2)
     assert t.model is model
-    assert len(backend.graphs) >= 2  # the training and the evaluation forwards went through torch.compile
+    assert backend.ran_for_evaluation == {False, True}  # the training and the evaluation forwards ran compiled
     assert same_weights(model, eager)
     assert history == eager_history
 
@@ -75,12 +81,15 @@ def test_compiled_forwards_give_the_eager_numbers_exactly():
 def test_eval_mode_reaches_the_compiled_forward():
     """The compiled module sees train()/eval(): no dropout in validate and predict, dropout again in training."""
     X, y, model = problem()
-    t = trainer(model, compile={"backend": Recording()})
+    backend = Recording()
+    t = trainer(model, compile={"backend": backend})
     t.fit((X, y), batch_size=30)
     eager = copy.deepcopy(model).eval()
     with torch.no_grad():
         expected = eager(X)
+    assert backend.ran_for_evaluation == {False}
     assert torch.equal(t.predict(X, batch_size=30), expected)
+    assert backend.ran_for_evaluation == {False, True}  # predict ran the compiled forward
     assert t.validate((X, y), batch_size=30) == trainer(copy.deepcopy(model)).validate((X, y), batch_size=30)
     assert model.training  # the user's mode is given back
     model.train()
@@ -143,7 +152,7 @@ def test_a_model_the_user_compiled_trains_through_it_and_saves_plain_keys(tmp_pa
 def test_compiled_and_eager_runs_resume_from_each_others_checkpoints(tmp_path, first, then):
     X, y, model = problem()
     straight = copy.deepcopy(model)
-    settings = {"compiled": {"compile": {"backend": Recording()}}, "eager": {}}
+    settings = {"compiled": {"compile": {"backend": "eager"}}, "eager": {}}
     fit(model, X, y, max_epochs=2, run_dir=tmp_path, **settings[first])
     assert list(checkpoint.load(tmp_path / "checkpoints" / "last.ckpt")["model"]) == list(straight.state_dict())
     resumed = trainer(model, max_epochs=4, run_dir=tmp_path, **settings[then])
