@@ -74,9 +74,7 @@ def worker(model_name: str, variant: str, samples: int, epochs: int, threads: in
 
     X, y, Xv, yv = make_data(samples, samples // 6)
     timer = Timer()
-    trainer = gl.Trainer(
-        make_model(model_name), max_epochs=epochs, compile=VARIANTS[variant], callbacks=[timer], default_callbacks=False
-    )
+    trainer = gl.Trainer(make_model(model_name), max_epochs=epochs, compile=VARIANTS[variant], callbacks=[timer], default_callbacks=False)
     started = time.perf_counter()
     history = trainer.fit((X, y), val=(Xv, yv), batch_size=64)
     total = time.perf_counter() - started
