@@ -1,6 +1,10 @@
 """Small pieces shared by several test files."""
 
 import csv
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -99,3 +103,15 @@ def straight_and_resumed(make_model, make_trainer, make_train, stop_step, tmp_pa
 
 def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def torchrun(script, *args, nproc=2, timeout=120):
+    """`torchrun --nproc_per_node=nproc script args...` on CPU (Gloo) on a free local port; the CompletedProcess."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+               "--master_port", str(port), str(script), *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from . import compilation
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
@@ -65,6 +67,7 @@ class Trainer:
         predict_step: PredictFn | None = None,
         val_every_n_steps: int | None = None,
         strategy: str = "auto",
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -83,10 +86,12 @@ class Trainer:
         self.device = distributed.device_for_rank(device, resolve_device(device))
         distributed.init_if_needed(self.device)  # under torchrun: join the process group
         self.precision = Precision(resolve_precision(precision), self.device)
-        self.model = model.to(self.device)
-        # Under torchrun the training forward runs through DistributedDataParallel; `model` stays the user's.
+        self.model = compilation.plain_module(model).to(self.device)  # what is saved: never torch.compile's wrapper
+        # The forwards run through the compiled module (compile=..., or the user's), the training one also
+        # through DistributedDataParallel under torchrun; `model` stays the user's.
+        self._eval_model = compilation.compiled_forward(model, self.model, compilation.compile_options(compile))
         self._channel = distributed.StopChannel()  # under torchrun: stop flags ride on the gradient all-reduce
-        self._train_model = distributed.wrap(self.model, self.device, self._channel)
+        self._train_model = distributed.wrap(self._eval_model, self.device, self._channel)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
         for name, fn in (("step", step), ("predict_step", predict_step)):
             if fn is not None and not callable(fn):
@@ -288,7 +293,7 @@ class Trainer:
     def _forward_backward(self, batch: Any, share: float | int, meter: MetricSet, sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         model = self._train_model
-        no_sync = model.no_sync() if not sync_grads and model is not self.model else contextlib.nullcontext()  # type: ignore[operator]
+        no_sync = model.no_sync() if not sync_grads and isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
         with no_sync:
             with self.precision.autocast():
                 result = self._step(model, batch)
@@ -327,13 +332,13 @@ class Trainer:
             self.callbacks.call("on_optimizer_step", self)
 
     def _evaluate(self, batches: Batches, prefix: str, value_names: list[str], model: nn.Module | None = None) -> dict[str, float]:
-        """`model`: what to evaluate instead of `self.model` (a callback's averaged weights)."""
-        model = self.model if model is None else model
+        """`model`: what to evaluate instead of the model's own (compiled) forward (a callback's averaged weights)."""
+        forward = self._eval_model if model is None else model
         meter = MetricSet(self.metrics, self.device, value_names)
-        with torch.inference_mode(), eval_mode(model):
+        with torch.inference_mode(), eval_mode(self.model if model is None else model):
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
-                    result = self._step(model, batch)
+                    result = self._step(forward, batch)
                 _count(meter, result, batch)
         return meter.compute(prefix)
 
@@ -387,7 +392,7 @@ class Trainer:
         with torch.inference_mode(), eval_mode(self.model):
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
-                    outputs.append(self._step.predict(self.model, batch))
+                    outputs.append(self._step.predict(self._eval_model, batch))
         return concatenate(outputs)
 
     def find_lr(self, data: Any, batch_size: int | None = None, **options: Any) -> "LRFindResult":

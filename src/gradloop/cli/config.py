@@ -12,6 +12,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..compilation import compile_options
 from ..data.devices import resolve_precision
 from ..names.losses import resolve_loss
 from ..names.metrics import resolve_metric
@@ -129,11 +130,22 @@ class TrainConfig(_Section):
     grad_clip_norm: float | None = Field(None, gt=0.0, description="clip the total gradient norm to this value (logged as grad_norm)")
     accumulate_grad_batches: int = Field(1, ge=1, description="batches whose gradients are summed into one optimizer step")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (unset: torch's choice)")
+    compile: bool | dict[str, Any] = Field(
+        False, description='true, or a table of torch.compile options: {mode = "max-autotune"}; checkpoints keep the plain keys'
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_name(cls, value: Any) -> Any:
         return resolve_precision(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_options(cls, value: Any) -> Any:
+        if not isinstance(value, (bool, dict)):
+            raise ValueError(f"must be true, false or a table of torch.compile options; got {value!r}")
+        compile_options(value)  # what gl.Trainer checks: the option names torch.compile accepts
+        return value
 
     @model_validator(mode="after")
     def _optimizer_args(self) -> "TrainConfig":
@@ -154,7 +166,7 @@ class TrainConfig(_Section):
             "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "metrics": self.metrics,
             "max_epochs": self.max_epochs, "max_steps": self.max_steps, "device": self.device, "precision": self.precision,
             "grad_clip_norm": self.grad_clip_norm, "accumulate_grad_batches": self.accumulate_grad_batches,
-            "seed": self.seed, "optimizer_options": self.optimizer_options() or None,
+            "seed": self.seed, "optimizer_options": self.optimizer_options() or None, "compile": self.compile,
         }  # fmt: skip
 
     @field_validator("loss")

@@ -8,12 +8,16 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..compilation import plain_module, without_prefix
 from ..util import first_line
 from .checkpoint import CheckpointError
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | os.PathLike[str]) -> None:
-    """`model.load_state_dict(state)`; a checkpoint of another model is one CheckpointError naming `source`."""
+    """`model.load_state_dict(state)`; a checkpoint of another model is one CheckpointError naming `source`.
+    A compiled model or a state saved from one (keys `_orig_mod.*`) loads as the plain module's."""
+    model = plain_module(model)
+    state = without_prefix(state, model)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

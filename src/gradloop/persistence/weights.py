@@ -8,17 +8,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..compilation import plain_module, without_prefix
 from ..util import first_line
 from .checkpoint import CheckpointError, write
 from .restore import load_model_state
 
 
 def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Writes the model's weights as safetensors (atomically)."""
+    """Writes the model's weights as safetensors (atomically); a compiled model's under the plain module's names."""
     from safetensors.torch import save as to_bytes
 
     path = Path(path)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    tensors = {name: t.detach().contiguous().cpu() for name, t in plain_module(model).state_dict().items()}
     data = to_bytes(_unshare(tensors), metadata={"format": "pt"})
     write(path, data)
     return path
@@ -61,7 +62,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
         load_model_state(model, tensors, path)
         return model
     try:
-        model.load_state_dict(tensors, strict=False)
+        plain = plain_module(model)
+        plain.load_state_dict(without_prefix(tensors, plain), strict=False)
     except RuntimeError as err:  # strict=False still refuses a shape mismatch
         raise CheckpointError(f"{str(path)!r} cannot be loaded into this model: {type(err).__name__}: {first_line(err)}") from None
     return model
