@@ -21,7 +21,7 @@ from .callbacks.defaults import with_defaults
 from .checks import check_model_fits_data, eval_mode
 from .data import distributed
 from .data.batches import Batches, LoaderBatches, make_batches, unshuffled
-from .data.devices import Precision, resolve_device, resolve_precision
+from .data.devices import Precision, host_sync_allowed, resolve_device, resolve_precision, sync_debug, sync_debug_mode
 from .data.loader_options import loader_options_for
 from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
@@ -134,6 +134,7 @@ class Trainer:
         self.value_names: list[str] = []  # what the step logs besides the loss, learnt before the first step
         self._batch_size = 64
         self._signals = GracefulStop()
+        self._sync_mode = 0  # the user's torch.cuda sync debug mode: applied to the steps only (see devices.sync_debug)
         self._step_listeners = self.callbacks.listens("on_optimizer_step")
         self._train_batches: Batches | None = None  # during fit, for training_batches()
 
@@ -150,6 +151,13 @@ class Trainer:
         """Trains for `max_epochs` (counted over resumes) and returns the whole `History`.
 
         `loader_options`: DataLoader settings (num_workers, ...) for a Dataset given as train or val."""
+        self._sync_mode = sync_debug_mode()
+        with host_sync_allowed():
+            return self._checked_fit(train, val, batch_size, shuffle, resume, loader_options)
+
+    def _checked_fit(
+        self, train: Any, val: Any, batch_size: int, shuffle: bool, resume: str | os.PathLike[str] | None, loader_options: Any
+    ) -> History:
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be True or False; received: shuffle={shuffle!r}")
         if resume is not None and not isinstance(resume, (str, os.PathLike)):
@@ -241,36 +249,37 @@ class Trainer:
         reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
         k, num_batches = self.accumulate_grad_batches, _length(batches)
         assert self.resume_point.order is not None
-        for batch in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
-            index = self.state.batch_in_epoch
-            group_start = index - index % k
-            group_size = k if num_batches is None else min(k, num_batches - group_start)
-            step_taken = index + 1 == group_start + group_size
-            if self._closure:  # LBFGS and the like: the optimizer runs forward and backward itself
-                self.state.batch_in_epoch += 1
-                loss = self._closure_step(batch, meter)
+        with sync_debug(self._sync_mode):  # the steps: no host sync (the user may check it with torch.cuda.set_sync_debug_mode)
+            for batch in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
+                index = self.state.batch_in_epoch
+                group_start = index - index % k
+                group_size = k if num_batches is None else min(k, num_batches - group_start)
+                step_taken = index + 1 == group_start + group_size
+                if self._closure:  # LBFGS and the like: the optimizer runs forward and backward itself
+                    self.state.batch_in_epoch += 1
+                    loss = self._closure_step(batch, meter)
+                else:
+                    if index == group_start:
+                        self.optimizer.zero_grad(set_to_none=True)
+                    share = _share_of_group(batches, index, group_start, group_size)
+                    # DDP: gradients are averaged over ranks only at the group's last batch (an unsized loader
+                    # may end mid-group, so there every batch syncs)
+                    loss = self._forward_backward(batch, share, meter, sync_grads=step_taken or num_batches is None)
+                    self.state.batch_in_epoch += 1
+                    if step_taken:
+                        self._optimizer_step(meter)
+                if reduce_batch_loss:
+                    loss = distributed.all_reduce_sum(loss) / distributed.world()[1]
+                if batch_listeners:
+                    self.callbacks.call("on_train_batch_end", self, loss)
+                stop_voted = step_taken and self._stop.after_step()  # every rank votes at every step
+                if step_taken and not stop_voted and self._validation_due(val, num_batches):
+                    self._validate_inside_epoch(val)  # type: ignore[arg-type]
+                if self.should_stop or self._max_steps_reached() or stop_voted:
+                    break
             else:
-                if index == group_start:
-                    self.optimizer.zero_grad(set_to_none=True)
-                share = _share_of_group(batches, index, group_start, group_size)
-                # DDP: gradients are averaged over ranks only at the group's last batch (an unsized loader
-                # may end mid-group, so there every batch syncs)
-                loss = self._forward_backward(batch, share, meter, sync_grads=step_taken or num_batches is None)
-                self.state.batch_in_epoch += 1
-                if step_taken:
+                if self.state.batch_in_epoch % k and num_batches is None:  # an unsized loader ended mid-group
                     self._optimizer_step(meter)
-            if reduce_batch_loss:
-                loss = distributed.all_reduce_sum(loss) / distributed.world()[1]
-            if batch_listeners:
-                self.callbacks.call("on_train_batch_end", self, loss)
-            stop_voted = step_taken and self._stop.after_step()  # every rank votes at every step
-            if step_taken and not stop_voted and self._validation_due(val, num_batches):
-                self._validate_inside_epoch(val)  # type: ignore[arg-type]
-            if self.should_stop or self._max_steps_reached() or stop_voted:
-                break
-        else:
-            if self.state.batch_in_epoch % k and num_batches is None:  # an unsized loader ended mid-group
-                self._optimizer_step(meter)
         return meter.compute()
 
     def _validation_due(self, val: Batches | None, num_batches: int | None) -> bool:
@@ -284,9 +293,10 @@ class Trainer:
         It draws no random numbers, so training goes on exactly as without it."""
         self.validating_at_step = self.state.global_step
         try:
-            with preserved_rng():
-                logs = self._evaluate(val, "val_", self.value_names, self.callbacks.evaluation_model(self))
-            self.callbacks.call("on_validation_end", self, logs)
+            with host_sync_allowed():
+                with preserved_rng():
+                    logs = self._evaluate(val, "val_", self.value_names, self.callbacks.evaluation_model(self))
+                self.callbacks.call("on_validation_end", self, logs)
         finally:
             self.validating_at_step = None
 

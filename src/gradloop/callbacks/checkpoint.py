@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.devices import host_sync_allowed
 from ..persistence import checkpoint
 from ..util import weights_are_finite
 from .base import Callback
@@ -104,9 +105,11 @@ class ModelCheckpoint(Callback):
             return
         self._step_due = False
         state = trainer.state
-        if self._can_save(trainer, loss=loss):
-            periodic = self._periodic_name(state.epoch, state.global_step)
-            self._write(trainer, [periodic] if periodic else [], improved=None, mark=(state.epoch, state.global_step, state.batch_in_epoch))
+        with host_sync_allowed():  # a checkpoint every every_n_steps steps
+            if self._can_save(trainer, loss=loss):
+                periodic = self._periodic_name(state.epoch, state.global_step)
+                mark = (state.epoch, state.global_step, state.batch_in_epoch)
+                self._write(trainer, [periodic] if periodic else [], improved=None, mark=mark)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         epoch, step = trainer.state.epoch, trainer.state.global_step

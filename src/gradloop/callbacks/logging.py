@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import torch
 
+from ..data.devices import host_sync_allowed
 from ..util import atomic_write
 from .base import Callback
 
@@ -170,7 +171,9 @@ class JSONLLogger(Callback):
     def _write_step(self, trainer: "Trainer") -> None:
         self._step_due = False
         state = trainer.state
-        self._write({"type": "step", "epoch": state.epoch, "global_step": state.global_step, "loss": float(self._loss)})
+        with host_sync_allowed():  # one read every log_every_n_steps steps
+            loss = float(self._loss)
+        self._write({"type": "step", "epoch": state.epoch, "global_step": state.global_step, "loss": loss})
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from ..data.devices import host_sync_allowed
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ class ProgressBar(Callback):
         if now < self._next_refresh or self._progress is None:
             return
         self._next_refresh = now + self.refresh_interval
-        self._loss_sum += float(loss)  # host sync, at most refresh_per_second times a second
+        with host_sync_allowed():
+            self._loss_sum += float(loss)  # host sync, at most refresh_per_second times a second
         self._loss_count += 1
         self._progress.update(self._task, completed=self._batches, info=self._info(now - self._started))
         if self._display is not None:
