@@ -11,9 +11,18 @@ from __future__ import annotations
 import copy
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+# torchmetrics turns scores into probabilities batch by batch, only when a batch holds values outside
+# [0, 1]: logits that happen to fall inside would be read as probabilities, and ranking metrics (AUROC)
+# would mix two scales. The loss says what the outputs are, so they reach the metric as probabilities.
+_PROBABILITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": lambda scores: scores.softmax(dim=1),
+    "nll": torch.exp,  # log-probabilities
+    "bce_with_logits": torch.sigmoid,
+}
 
 
 def is_torchmetric(obj: object) -> bool:
@@ -36,13 +45,16 @@ def fresh_copy(metric: Any, device: torch.device) -> Any:
     return clone.to(device)
 
 
-def update(metric: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-    """`metric.update(outputs, targets)`; a (N, 1) score column meets (N,) targets as (N,), and
-    half-precision outputs (mixed precision) are read in float32."""
-    if outputs.shape != targets.shape and outputs.numel() == targets.numel():
-        outputs = outputs.reshape(targets.shape)
+def update(metric: Any, outputs: torch.Tensor, targets: torch.Tensor, loss_name: str | None = None) -> None:
+    """`metric.update(outputs, targets)`, the outputs as probabilities when the loss says they are logits
+    (or log-probabilities); a (N, 1) score column meets (N,) targets as (N,); half-precision outputs
+    (mixed precision) are read in float32."""
     if outputs.is_floating_point() and outputs.dtype in (torch.float16, torch.bfloat16):
         outputs = outputs.float()
+    if loss_name in _PROBABILITIES and outputs.is_floating_point():
+        outputs = _PROBABILITIES[loss_name](outputs)
+    if outputs.shape != targets.shape and outputs.numel() == targets.numel():
+        outputs = outputs.reshape(targets.shape)
     metric.update(outputs, targets)
 
 
@@ -60,10 +72,7 @@ def value(metric: Any, name: str) -> float:
 
 def state(metric: Any) -> dict[str, Any]:
     """A copy of the metric's states (tensors, or lists of tensors for concatenated ones) and its update count."""
-    states = {
-        key: [t.detach().clone() for t in v] if isinstance(v, list) else v.detach().clone()
-        for key, v in metric.metric_state.items()
-    }
+    states = {key: [t.detach().clone() for t in v] if isinstance(v, list) else v.detach().clone() for key, v in metric.metric_state.items()}
     return {"states": states, "update_count": int(metric.update_count)}
 
 

@@ -124,19 +124,24 @@ class R2Score(Metric):
 
 
 class TorchMetric(Metric):
-    """A torchmetrics `Metric`: it keeps its own state (no running sums); each pass updates a fresh copy."""
+    """A torchmetrics `Metric`: it keeps its own state (no running sums); each pass updates a fresh copy.
+    `loss_name` says whether the outputs are logits (see `metric_objects.update`)."""
 
     size = 0
 
-    def __init__(self, name: str, metric: Any) -> None:
+    def __init__(self, name: str, metric: Any, loss_name: str | None = None) -> None:
         super().__init__(name)
         self.metric = metric
+        self.loss_name = loss_name
+
+    def update(self, copy: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        metric_objects.update(copy, outputs, targets, self.loss_name)
 
     def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
         """What `fit` checks before the first step: a scratch copy updates on the sample batch (and, when it
         can compute, gives one number)."""
         scratch = metric_objects.fresh_copy(self.metric, outputs.device)
-        metric_objects.update(scratch, outputs, targets)
+        self.update(scratch, outputs, targets)
         scratch.distributed_available_fn = lambda: False  # a check on one rank: no collective
         try:
             with warnings.catch_warnings():
@@ -176,7 +181,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
     if isinstance(metric, Named):
         inner = metric.metric
         if metric_objects.is_torchmetric(inner):
-            return TorchMetric(metric.name, inner)
+            return TorchMetric(metric.name, inner, loss_name)
         if callable(inner) and not isinstance(inner, Metric):
             return MeanMetric(metric.name, inner)
         renamed = copy.copy(resolve_metric(inner, loss_name))
@@ -185,7 +190,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
     if isinstance(metric, Metric):
         return metric
     if metric_objects.is_torchmetric(metric):
-        return TorchMetric(metric_objects.snake_name(metric), metric)
+        return TorchMetric(metric_objects.snake_name(metric), metric, loss_name)
     if isinstance(metric, str):
         name = metric.lower()
         if name in ("accuracy", "acc"):
@@ -310,7 +315,7 @@ class MetricSet:
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
                 if isinstance(metric, TorchMetric):
-                    metric_objects.update(self.objects[metric.name], outputs, targets)
+                    metric.update(self.objects[metric.name], outputs, targets)
                 else:
                     total += metric.batch_sums(outputs, targets, n)
         self.count += n
