@@ -247,3 +247,67 @@ def test_two_gloo_ranks_report_the_single_process_values(tmp_path: Path) -> None
         fresh = metric_objects.fresh_copy(metric, torch.device("cpu"))
         metric_objects.load_state(fresh, gathered[name])
         assert metric_objects.value(fresh, name) == pytest.approx(alone[f"val_{name}"], abs=1e-6), name
+
+
+PREEMPT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import torch
+    from torch import nn
+    from torchmetrics.classification import MulticlassAUROC, MulticlassF1Score
+    import gradloop as gl
+
+    rank, out, phase = int(os.environ["RANK"]), sys.argv[1], sys.argv[2]
+    X, y, Xv, yv = torch.load(os.path.join(out, "data.pt"))
+
+    class Preempt(gl.Callback):
+        def on_optimizer_step(self, trainer):
+            if rank == 1 and trainer.state.global_step == 9:  # inside the second epoch (7 steps each)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    run = os.path.join(out, "straight" if phase == "straight" else "cut")
+    trainer = gl.Trainer(net, lr=0.01, max_epochs=3, seed=3, run_dir=run, default_callbacks=False,
+                         callbacks=[gl.ModelCheckpoint()] + ([Preempt()] if phase == "cut" else []),
+                         metrics=[MulticlassF1Score(3, average="macro"), MulticlassAUROC(3)])
+    try:
+        trainer.fit((X, y), val=(Xv, yv), batch_size=16, resume="last" if phase == "resume" else None)
+    except SystemExit as stop:
+        sys.exit(stop.code)
+    if rank == 0:
+        torch.save(net.state_dict(), os.path.join(out, f"{phase}.pt"))
+        with open(os.path.join(out, f"{phase}.json"), "w") as f:
+            json.dump([{k: v for k, v in e.items() if k != "time"} for e in trainer.history.epochs], f)
+    """
+)
+
+
+def test_preemption_under_two_gloo_ranks_resumes_the_metrics_exactly(tmp_path: Path) -> None:
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    X, y = three_classes(203, 0)
+    Xv, yv = three_classes(61, 1)
+    torch.save((X, y, Xv, yv), tmp_path / "data.pt")
+    (tmp_path / "train.py").write_text(PREEMPT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+    def torchrun(phase: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                   "--master_port", str(_free_port()), str(tmp_path / "train.py"), str(tmp_path), phase]  # fmt: skip
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+
+    for phase, code in (("straight", 0), ("cut", 1)):  # torchrun reports a rank's 143 as 1
+        done = torchrun(phase)
+        assert done.returncode == code, phase + done.stderr[-3000:]
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
+    steps = saved["progress"]["step_in_epoch"]
+    preds = saved["resume_point"]["metrics"]["objects"]["multiclass_auroc"]["states"]["preds"]
+    assert steps > 0 and sum(len(p) for p in preds) == 2 * 16 * steps  # both ranks' batches of the epoch so far
+    done = torchrun("resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    history, expected = (json.loads((tmp_path / f"{phase}.json").read_text()) for phase in ("resume", "straight"))
+    assert history == expected
+    resumed, straight = (torch.load(tmp_path / f"{phase}.pt") for phase in ("resume", "straight"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

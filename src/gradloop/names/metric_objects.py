@@ -81,6 +81,7 @@ def load_state(metric: Any, saved: dict[str, Any]) -> None:
     device = metric.device
     for key, v in saved["states"].items():
         setattr(metric, key, [t.to(device) for t in v] if isinstance(v, list) else v.to(device))
+    _lists_as_declared(metric)
     metric._update_count = int(saved["update_count"])
     metric._computed = None
 
@@ -91,3 +92,12 @@ def gather(metric: Any) -> None:
     metric.sync(should_sync=True)
     metric._is_synced = False  # the gathered state is now the state: further updates or syncs may follow
     metric._cache = None
+    _lists_as_declared(metric)
+
+
+def _lists_as_declared(metric: Any) -> None:
+    """A concatenated state comes back from a sync as one tensor; `update` and `reset` want the list it was declared as."""
+    for key, default in metric._defaults.items():
+        current = getattr(metric, key)
+        if isinstance(default, list) and isinstance(current, torch.Tensor):
+            setattr(metric, key, [current])
