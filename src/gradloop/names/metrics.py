@@ -66,6 +66,10 @@ class Metric:
     def finalize(self, sums: Sequence[float], count: int) -> float:
         return sums[0] / count
 
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        """Raises if the metric cannot take these outputs and targets (what `fit` tries on two samples first)."""
+        self.batch_sums(outputs, targets, n)
+
 
 class Accuracy(Metric):
     """Counts correct predictions exactly (an integer sum), read as a fraction."""
@@ -134,12 +138,15 @@ class TorchMetric(Metric):
         self.metric = metric
         self.loss_name = loss_name
 
-    def update(self, copy: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        metric_objects.update(copy, outputs, targets, self.loss_name)
+    def update(self, state: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Updates `state`, this pass's copy of the metric (see `MetricSet`)."""
+        metric_objects.update(state, outputs, targets, self.loss_name)
 
     def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-        """What `fit` checks before the first step: a scratch copy updates on the sample batch (and, when it
-        can compute, gives one number)."""
+        return torch.zeros(0, device=outputs.device)  # no running sums: the metric's own state holds the pass
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        """A scratch copy updates on the sample batch and, when it can compute on so few, must give one number."""
         scratch = metric_objects.fresh_copy(self.metric, outputs.device)
         self.update(scratch, outputs, targets)
         scratch.distributed_available_fn = lambda: False  # a check on one rank: no collective
@@ -151,7 +158,6 @@ class TorchMetric(Metric):
             result = None
         if isinstance(result, torch.Tensor) and result.numel() != 1:
             metric_objects.value(scratch, self.name)  # raises, naming the shape
-        return torch.zeros(0, device=outputs.device)
 
 
 @dataclass(frozen=True)
