@@ -128,6 +128,8 @@ def test_outputs_that_do_not_fit_the_metric_are_named_before_training() -> None:
     trainer = gl.Trainer(model(), metrics=[MulticlassF1Score(5)], default_callbacks=False)
     with pytest.raises(ValueError, match=r"metric 'multiclass_f1score' cannot compare model outputs"):
         trainer.fit((X, y), batch_size=16)
+    with pytest.raises(TypeError, match=r"a MetricCollection is several metrics: pass them one by one"):
+        gl.Trainer(model(), metrics=[torchmetrics.MetricCollection([MulticlassF1Score(3)])])
 
 
 class SendSignalAt(gl.Callback):

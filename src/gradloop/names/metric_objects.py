@@ -31,6 +31,12 @@ def is_torchmetric(obj: object) -> bool:
     return torchmetrics is not None and isinstance(obj, torchmetrics.Metric)
 
 
+def is_collection(obj: object) -> bool:
+    """A `torchmetrics.MetricCollection` (a dict of metrics, not one metric)."""
+    torchmetrics = sys.modules.get("torchmetrics")
+    return torchmetrics is not None and isinstance(obj, torchmetrics.MetricCollection)
+
+
 def snake_name(obj: object) -> str:
     """`MulticlassF1Score` -> `multiclass_f1score`, `BinaryAUROC` -> `binary_auroc`, `CLIPScore` -> `clip_score`."""
     name = type(obj).__name__

@@ -197,6 +197,11 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
         return metric
     if metric_objects.is_torchmetric(metric):
         return TorchMetric(metric_objects.snake_name(metric), metric, loss_name)
+    if metric_objects.is_collection(metric):
+        raise TypeError(
+            f"a MetricCollection is several metrics: pass them one by one, metrics=[*collection.values()], "
+            f"or gl.named(metric, name) each; received: {metric!r}"
+        )
     if isinstance(metric, str):
         name = metric.lower()
         if name in ("accuracy", "acc"):
