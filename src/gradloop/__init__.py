@@ -9,6 +9,7 @@ from . import callbacks
 from .callbacks import *  # noqa: F403  # every callback, as listed in callbacks.__all__
 from .doctor import doctor, lr_find  # the doctor's checks themselves load on the first call
 from .history import History
+from .names.metrics import named
 from .persistence.checkpoint import CheckpointError
 from .persistence.runlock import RunDirLocked
 from .persistence.verification import CheckpointInfo, verify_checkpoint
@@ -22,6 +23,7 @@ _DOCTOR_TYPES = ("DoctorReport", "LRFindResult")
 __all__ = [
     "Trainer",
     "History",
+    "named",
     "TrainState",
     "seed_everything",
     "load_weights",

@@ -57,7 +57,7 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metri
             )
         for metric in metrics:
             try:
-                metric.batch_sums(result.outputs, result.targets, batch_size_of(result.targets))
+                metric.check(result.outputs, result.targets, batch_size_of(result.targets))
             except Exception as err:
                 raise ValueError(
                     f"metric {metric.name!r} cannot compare model outputs {describe(result.outputs)} with targets "

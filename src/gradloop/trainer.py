@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from . import compilation
 from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
+from .callbacks.progress import verbosity
 from .checks import check_model_fits_data, eval_mode
 from .data import distributed
 from .data.batches import Batches, LoaderBatches, make_batches, unshuffled
@@ -184,7 +185,8 @@ class Trainer:
                 self._train_batches = None  # its tensors may hold device memory
 
     def _fit(self, train: Batches, val: Batches | None, resume: str | os.PathLike[str] | None) -> History:
-        self.state, self.history = TrainState(), History()
+        self.state = TrainState()
+        self.history = History(params={"verbose": verbosity(self.callbacks), "epochs": self.max_epochs, "steps": self.batches_per_epoch})
         self._train_batches = train
         self.resume_point = ResumePoint(MetricSet(self.metrics, self.device, self.value_names), data=train)
         self.should_stop, self.stop_reason = False, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import torch
 
@@ -36,6 +36,12 @@ def _in_notebook() -> bool:
     from rich import get_console
 
     return get_console().is_jupyter
+
+
+def verbosity(callbacks: Iterable[Callback]) -> int:
+    """Keras's `verbose` for these callbacks: 0 no progress display, 1 a live bar, 2 one line per epoch."""
+    bars = [c for c in callbacks if isinstance(c, ProgressBar)]
+    return 0 if not bars else 1 if any(bar.live for bar in bars) else 2
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -8,13 +8,17 @@ of the same values (sums and counts), so every rank reports the numbers of the w
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from typing import Callable, Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..data import distributed
+from . import metric_objects
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RESERVED_NAMES = ("loss", "lr", "time", "epoch", "grad_norm")
@@ -61,6 +65,10 @@ class Metric:
 
     def finalize(self, sums: Sequence[float], count: int) -> float:
         return sums[0] / count
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        """Raises if the metric cannot take these outputs and targets (what `fit` tries on two samples first)."""
+        self.batch_sums(outputs, targets, n)
 
 
 class Accuracy(Metric):
@@ -119,10 +127,81 @@ class R2Score(Metric):
         return 1.0 - sse / total if total > 0 else float("nan")
 
 
+class TorchMetric(Metric):
+    """A torchmetrics `Metric`: it keeps its own state (no running sums); each pass updates a fresh copy.
+    `loss_name` says whether the outputs are logits (see `metric_objects.update`)."""
+
+    size = 0
+
+    def __init__(self, name: str, metric: Any, loss_name: str | None = None) -> None:
+        super().__init__(name)
+        self.metric = metric
+        self.loss_name = loss_name
+
+    def update(self, state: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Updates `state`, this pass's copy of the metric (see `MetricSet`)."""
+        metric_objects.update(state, outputs, targets, self.loss_name)
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.zeros(0, device=outputs.device)  # no running sums: the metric's own state holds the pass
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        """A scratch copy updates on the sample batch and, when it can compute on so few, must give one number."""
+        scratch = metric_objects.fresh_copy(self.metric, outputs.device)
+        self.update(scratch, outputs, targets)
+        scratch.distributed_available_fn = lambda: False  # a check on one rank: no collective
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no positive samples" and the like, on two samples
+                result = scratch.compute()
+        except Exception:  # two samples may be too few to compute: the epoch will tell
+            result = None
+        if isinstance(result, torch.Tensor) and result.numel() != 1:
+            metric_objects.value(scratch, self.name)  # raises, naming the shape
+
+
+@dataclass(frozen=True)
+class Named:
+    """A metric with the name it is logged under: `gl.named(metric, "f1")` (see `named`)."""
+
+    metric: Any
+    name: str
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.metric(outputs, targets)
+
+
+def named(metric: Any, name: str) -> Named:
+    """`metric` logged as `name` (`val_<name>` on validation): a torchmetrics Metric, a callable
+    (outputs, targets) -> tensor (a lambda too) or a metric name, e.g. `gl.named(MulticlassF1Score(3), "f1")`."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(f"named(metric, name): name must be a word such as 'f1'; received: name={name!r}")
+    if not (isinstance(metric, (str, Metric)) or callable(metric)):
+        raise TypeError(f"named(metric, name): metric must be a metric name, a callable or a torchmetrics Metric; received: {metric!r}")
+    return Named(metric, name)
+
+
 def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None) -> Metric:
-    """A metric given by name, as a callable(outputs, targets) -> tensor, or a `Metric`."""
+    """A metric given by name, as a callable(outputs, targets) -> tensor, a torchmetrics `Metric`,
+    `named(...)`, or a `Metric`."""
+    if isinstance(metric, Named):
+        inner = metric.metric
+        if metric_objects.is_torchmetric(inner):
+            return TorchMetric(metric.name, inner, loss_name)
+        if callable(inner) and not isinstance(inner, Metric):
+            return MeanMetric(metric.name, inner)
+        renamed = copy.copy(resolve_metric(inner, loss_name))
+        renamed.name = metric.name
+        return renamed
     if isinstance(metric, Metric):
         return metric
+    if metric_objects.is_torchmetric(metric):
+        return TorchMetric(metric_objects.snake_name(metric), metric, loss_name)
+    if metric_objects.is_collection(metric):
+        raise TypeError(
+            f"a MetricCollection is several metrics: pass them one by one, metrics=[*collection.values()], "
+            f"or gl.named(metric, name) each; received: {metric!r}"
+        )
     if isinstance(metric, str):
         name = metric.lower()
         if name in ("accuracy", "acc"):
@@ -174,16 +253,19 @@ def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name
 
 class MetricSet:
     """The loss, the values a step logs (`value_names`) and the metrics of one pass over the data,
-    accumulated on `device` as sample-weighted sums."""
+    accumulated on `device` as sample-weighted sums; torchmetrics metrics in copies of their own."""
 
     def __init__(self, metrics: Sequence[Metric], device: torch.device, value_names: Sequence[str] = ()) -> None:
         self.metrics = list(metrics)
         self.value_names = list(value_names)
         self.device = device
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.objects = {m.name: metric_objects.fresh_copy(m.metric, device) for m in self.metrics if isinstance(m, TorchMetric)}
         self.reset()
 
     def reset(self) -> "MetricSet":
+        for obj in self.objects.values():
+            obj.reset()
         self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.sums = [torch.zeros(m.size, dtype=self.dtype, device=self.device) for m in self.metrics]
         self.value_sums = torch.zeros(len(self.value_names), dtype=self.dtype, device=self.device)
@@ -205,6 +287,7 @@ class MetricSet:
             "count": self.count,
             "grad_norm_sum": self.grad_norm_sum,
             "grad_norm_steps": self.grad_norm_steps,
+            "objects": {name: metric_objects.state(obj) for name, obj in self.objects.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -214,6 +297,12 @@ class MetricSet:
         self.count = int(state["count"])
         self.grad_norm_sum = state["grad_norm_sum"].to(self.device, self.dtype)
         self.grad_norm_steps = int(state["grad_norm_steps"])
+        saved = state.get("objects", {})
+        for name, obj in self.objects.items():
+            if name in saved:
+                metric_objects.load_state(obj, saved[name])
+            else:
+                obj.reset()
 
     def update(
         self,
@@ -236,11 +325,17 @@ class MetricSet:
             self.value_sums.add_(torch.stack([v.detach().to(self.dtype) for v in values.values()]), alpha=n)
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
-                total += metric.batch_sums(outputs, targets, n)
+                if isinstance(metric, TorchMetric):
+                    metric.update(self.objects[metric.name], outputs, targets)
+                else:
+                    total += metric.batch_sums(outputs, targets, n)
         self.count += n
 
     def all_reduce(self) -> None:
-        """Every rank's sums, added up, on every rank: a resume point that holds the whole epoch so far."""
+        """Every rank's sums, added up, on every rank: a resume point that holds the whole epoch so far.
+        torchmetrics states are gathered by torchmetrics, reduced as each metric declares."""
+        for obj in self.objects.values():
+            metric_objects.gather(obj)
         counts = torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device)
         parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts]
         total = torch.split(distributed.all_reduce_sum(torch.cat(parts)), [part.numel() for part in parts])
@@ -273,7 +368,10 @@ class MetricSet:
             logs[f"{prefix}{name}"] = values[2 + i] / count
         offset = 2 + len(self.value_names)
         for metric in self.metrics:
-            logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], count))
+            if isinstance(metric, TorchMetric):  # under torchrun torchmetrics gathers the ranks' states here
+                logs[f"{prefix}{metric.name}"] = metric_objects.value(self.objects[metric.name], metric.name)
+            else:
+                logs[f"{prefix}{metric.name}"] = float(metric.finalize(values[offset : offset + metric.size], count))
             offset += metric.size
         if grad_norm_steps:
             logs[f"{prefix}grad_norm"] = values[1] / grad_norm_steps
