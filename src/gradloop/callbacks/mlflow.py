@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..persistence.weights import export_weights
-from ..util import weights_are_finite
+from ..util import flatten, weights_are_finite
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -223,14 +223,3 @@ def trainer_params(trainer: "Trainer") -> dict[str, Any]:
         "device": str(trainer.device),
         "model": type(trainer.model).__name__,
     }
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"lr": 0.1}}` -> `{"train.lr": 0.1}`; lists stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -15,7 +15,7 @@ from typing import Any
 
 from ...persistence.checkpoint import CheckpointError
 from ...persistence.verification import CheckpointInfo, run_files, verify_file
-from ...util import first_line, read_metrics_csv
+from ...util import first_line, flatten, read_metrics_csv
 from ..commands.runs import COLUMNS, row
 from ..errors import UsageError
 from ..rundir import CONFIG_FILE
@@ -82,7 +82,10 @@ def collect(path: Path, rows: list[dict[str, Any]], label: str) -> RunData:
             first_checkpoint = info  # newest first: the one a resume would take
     if (path / CONFIG_FILE).is_file():
         try:
-            run.settings, run.settings_source = _flatten(read_toml(path / CONFIG_FILE)), CONFIG_FILE
+            run.settings, run.settings_source = (
+                {key: value_text(v) for key, v in flatten(read_toml(path / CONFIG_FILE)).items()},
+                CONFIG_FILE,
+            )
         except UsageError as err:
             run.settings_source = f"{CONFIG_FILE} cannot be read: {err}"
     elif first_checkpoint is not None:
@@ -111,16 +114,6 @@ def value_text(value: Any) -> str:
         return json.dumps(list(value) if isinstance(value, tuple) else value)
     except (TypeError, ValueError):
         return str(value)
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value_text(value)
-    return flat
 
 
 def _read_doctor(run: RunData) -> None:
