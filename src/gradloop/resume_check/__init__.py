@@ -161,7 +161,8 @@ def _setup_differences(straight: Trainer, first: Trainer, initial: dict[str, tor
 def _early_end(straight: Recorder, first: Recorder, trainer: Trainer, stop: int) -> list[Difference]:
     found = first_divergence(straight.records[: len(first.records)], first.records)
     reason = trainer.stop_reason or "it ended"
-    end = Difference("run", "the second run", f"step {trainer.state.global_step}", detail=f"{reason} before step {stop}, where it was to be interrupted")
+    detail = f"{reason} before step {stop}, where it was to be interrupted"
+    end = Difference("run", "the second run", f"step {trainer.state.global_step}", detail=detail)
     return found + [end]
 
 

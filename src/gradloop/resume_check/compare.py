@@ -30,13 +30,12 @@ def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> li
             return sorted(found, key=lambda d: list(_KINDS.values()).index(d.kind))
     if others:
         extra = next(iter(others.values()))
-        return [Difference("data", "a batch", extra.where, detail="the uninterrupted run has no such batch: the resumed run trained on more")]
+        more = "the uninterrupted run has no such batch: the resumed run trained on more"
+        return [Difference("data", "a batch", extra.where, detail=more)]
     return []
 
 
-def _differing(
-    a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint]
-) -> list[tuple[str, Fingerprint | None, Fingerprint | None, str]]:
+def _differing(a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint]) -> list[tuple[str, Fingerprint | None, Fingerprint | None, str]]:
     found: list[tuple[str, Fingerprint | None, Fingerprint | None, str]] = []
     for name in dict.fromkeys([*a, *b]):
         if name not in a or name not in b:
