@@ -11,7 +11,7 @@ from .recording import Fingerprint, Record, fingerprint
 from .report import Difference
 
 AT_END = "the end of training"
-_KINDS = {"input": "data", "output": "outputs", "loss": "loss"}
+_KINDS = {"input": "data", "rng": "rng at a batch", "output": "outputs", "loss": "loss"}  # in the order reported
 
 
 def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> list[Difference]:
@@ -23,7 +23,7 @@ def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> li
         if match is None:
             return [Difference("data", "a batch", record.where, detail="the resumed run never trained on it: it skipped batches")]
         found = [
-            Difference(_KINDS[name.split("[")[0]], name, match.where, max_abs_diff(a, b) if a and b else None, detail)
+            Difference(_KINDS[name.split("[")[0]], _named(name), match.where, max_abs_diff(a, b) if a and b else None, detail)
             for name, a, b, detail in _differing(record.values, match.values)
         ]
         if found:
@@ -33,6 +33,10 @@ def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> li
         more = "the uninterrupted run has no such batch: the resumed run trained on more"
         return [Difference("data", "a batch", extra.where, detail=more)]
     return []
+
+
+def _named(name: str) -> str:
+    return f"the {name[5:-2]} RNG state" if name.startswith("rng[") else name
 
 
 def _differing(a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint]) -> list[tuple[str, Fingerprint | None, Fingerprint | None, str]]:

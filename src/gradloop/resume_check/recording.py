@@ -2,7 +2,7 @@
 
 A `Recorder` is a callback (each batch's loss; where the epochs end; optionally: write the
 checkpoint at one step and stop the process there) that also hooks the model's forward in
-training mode (the inputs it is given and the outputs it returns). Every tensor is fingerprinted
+training mode (the inputs it is given, the global RNG states as it begins, the outputs it returns). Every tensor is fingerprinted
 (shape, dtype and a digest of its bytes, which is what "bit-identical" compares); a CPU copy is
 kept as long as the run's copies stay under a budget, so that a difference can say by how much.
 Fingerprinting copies each tensor to the host: one sync per forward call, a cost the check pays
@@ -12,10 +12,12 @@ and training never does.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from ..callbacks.base import Callback
@@ -54,6 +56,19 @@ def named_tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
             yield from named_tensors(item, f"{name}[{i}]")
+
+
+def rng_fingerprints() -> dict[str, Fingerprint]:
+    """The global generators' states (python, numpy, torch CPU, the current CUDA device), as fingerprints."""
+    _, keys, pos, *_ = np.random.get_state(legacy=True)
+    states = {
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "numpy": torch.from_numpy(np.append(np.asarray(keys, dtype=np.int64), pos)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return {f"rng[{name!r}]": fingerprint(state, keep=False) for name, state in states.items()}
 
 
 @dataclass
@@ -129,6 +144,7 @@ class Recorder(Callback):
             values = dict(named_tensors(list(args), "input"))
             values.update(named_tensors(kwargs, "input"))
             self._add(("forward", *where, call), values)
+            self.records[-1].values.update(rng_fingerprints())  # as the forward begins: what dropout and sampling draw from
 
     def _on_forward_outputs(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if module.training and self._trainer is not None and self.records and self.records[-1].key[0] == "forward":

@@ -18,8 +18,13 @@ HINTS = {
         "RNG (e.g. random.Random(seed + index) per item) or draw from torch's generator (torch.rand, torch.randint), "
         "which Trainer(seed=...) seeds and every checkpoint saves"
     ),
+    "rng at a batch": (
+        "the global random number generators are in another state as this batch's forward begins: something "
+        "draws random numbers outside the training step (a callback, code in the data pipeline), or the checkpoint's "
+        "RNG states were not put back"
+    ),
     "outputs": (
-        "the model's output differs for identical inputs and weights: its forward depends on state outside the model, "
+        "the model's output differs for identical inputs, weights and RNG states: its forward depends on state outside the model, "
         "the optimizer and the RNG (a module-level global such as a call counter, a plain Python attribute), which "
         "no checkpoint can restore; keep such state in a buffer (self.register_buffer) so it is saved with the "
         "weights. Otherwise a nondeterministic op: torch.use_deterministic_algorithms(True) names it"
@@ -99,9 +104,10 @@ def summarize(differences: list[Difference], steps: int, stop: int | None, stopp
         return ResumeCheckResult(True, message, [], steps, stop)
     first = differences[0]
     scope = ""
-    if first.kind in ("data", "outputs", "loss") and "before the interruption" in first.where:
+    batch_kinds = ("data", "rng at a batch", "outputs", "loss")
+    if first.kind in batch_kinds and "before the interruption" in first.where:
         scope = " (already before the interruption: the runs differ without any resume, from one factory call to the next)"
-    elif first.kind in ("data", "outputs", "loss"):
+    elif first.kind in batch_kinds:
         scope = " (only after the resume: the checkpoint does not hold this state)"
     message = (
         f"not bit-identical: a run {where} and resumed differs from the uninterrupted {steps}-step run. "
