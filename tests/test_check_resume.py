@@ -65,6 +65,13 @@ def test_accumulation_callbacks_and_a_schedule_resume_bit_identically():
     assert result.ok, str(result)
 
 
+def test_the_runs_write_into_a_temporary_folder_not_the_factorys_run_dir(tmp_path):
+    X, y = blobs()
+    result = gl.check_resume(mlp_factory(run_dir=tmp_path / "mine"), (X, y), val=(X[:20], y[:20]), steps=9, batch_size=16)
+    assert result.ok, str(result)  # with the default CSV/JSONL loggers, curves and ModelCheckpoint of a run_dir
+    assert not (tmp_path / "mine").exists()
+
+
 def test_the_vae_example_resumes_bit_identically():
     vae = load_example("vae.py")
     X_train, _ = vae.load_digits()
