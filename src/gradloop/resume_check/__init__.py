@@ -10,7 +10,7 @@ Three fresh trainers from `trainer_factory()`, each with a run directory in a te
   2. the interrupted run: after the optimizer step nearest half of `steps` that does not end an
      epoch (where there is one), `trainer.save_checkpoint` writes RUN_DIR/checkpoints/last.ckpt
      and the run ends at once, as a process killed right after its checkpoint would;
-  3. the resumed run: `fit(..., resume=<that file>)`, up to `steps`.
+  3. the resumed run: `fit(..., resume="last")` in that run directory, up to `steps`.
 Every run starts from the same global RNG state (so a factory without `seed=` is checked too) and
 the caller's RNG states are put back at the end. The runs are compared batch by batch (the
 model's inputs and outputs in training mode, each batch's loss) and at the end by the whole
@@ -25,7 +25,6 @@ outputs (the check's own sync; training itself does not pay it).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -93,7 +92,7 @@ def check_resume(
         if not interrupted:
             return summarize(_early_end(straight_record, first_record, first, stop), total, stop, None)
         resumed, resumed_record = runs.make("after the resume", "interrupted")
-        runs.fit(resumed, resumed_record, train, {**fit_args, "resume": os.fspath(path)})
+        runs.fit(resumed, resumed_record, train, {**fit_args, "resume": "last"})  # finds that file, as a requeued job would
 
         differences = first_divergence(straight_record.records, first_record.records + resumed_record.records)
         names = [name for name, _ in straight.model.named_parameters()]
