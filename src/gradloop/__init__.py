@@ -19,6 +19,7 @@ from .trainer import Trainer
 from .util import seed_everything
 
 _DOCTOR_TYPES = ("DoctorReport", "LRFindResult")
+_RESUME_CHECK = ("check_resume", "ResumeCheckResult")  # loaded on first use, as the doctor's checks
 
 __all__ = [
     "Trainer",
@@ -35,13 +36,14 @@ __all__ = [
     "doctor",
     "lr_find",
     *_DOCTOR_TYPES,
+    *_RESUME_CHECK,
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DOCTOR_TYPES:
-        value = getattr(importlib.import_module(".doctor", __name__), name)
+    if name in _DOCTOR_TYPES or name in _RESUME_CHECK:
+        value = getattr(importlib.import_module(".doctor" if name in _DOCTOR_TYPES else ".resume_check", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

@@ -48,7 +48,8 @@ a minimal config:
 output columns: prediction, prob_<label>... (classifiers); prediction (regressors)""",
     "doctor": """examples:
   gradloop doctor wine.toml
-  gradloop doctor wine.toml --set train.lr=0.1""",
+  gradloop doctor wine.toml --set train.lr=0.1
+  gradloop doctor wine.toml --resume --steps 40""",
     "plot": """examples:
   gradloop plot runs/wine-20250101-120000     # writes runs/wine-20250101-120000/curves.png""",
     "verify": """examples:
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("doctor", "sanity-check a config's data and model before a long run")
     p.add_argument("config", metavar="CONFIG.toml", help="the run's settings")
     overrides(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="instead of the checks: train, and again interrupted mid-epoch and resumed; exit 1 unless both end bit-identical",
+    )
+    p.add_argument("--steps", type=int, metavar="N", help="with --resume: steps per run (default: the config's, at most 3 epochs)")
 
     p = command("plot", "(re)write RUN_DIR/curves.png from metrics.csv")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
@@ -168,8 +175,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             return evaluate.evaluate(args.run_dir, args.data)
         return evaluate.predict(args.run_dir, args.input, args.out)
     if command == "doctor":
-        from .commands.doctor import doctor
+        from .commands.doctor import doctor, doctor_resume
 
+        if args.steps is not None and not args.resume:
+            raise UsageError("--steps goes with --resume")
+        if args.steps is not None and args.steps < 2:
+            raise UsageError(f"--steps must be at least 2 (a run is interrupted between two steps); got {args.steps}")
+        if args.resume:
+            return doctor_resume(args.config, args.overrides, args.steps)
         return doctor(args.config, args.overrides)
     if command == "plot":
         from .commands.plot import plot

@@ -1,28 +1,29 @@
-"""`gradloop doctor CONFIG.toml`: the doctor's checks on the config's data and model.
+"""`gradloop doctor CONFIG.toml [--resume]`: the doctor's checks, or the resume check, on the config's data and model.
 
-Exit codes: 0 no check failed, 1 a check failed (bad data included), 2 the config cannot be used.
+Exit codes: 0 no check failed (with --resume: the resumed run is bit-identical), 1 a check failed
+(bad data included), 2 the config cannot be used.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ...doctor import doctor as run_doctor
 from ...util import first_line
 from ..config import validate
 from ..errors import UsageError
 from ..models import resolve_step
-from ..session import build, resolve_paths
+from ..session import build, load_data, resolve_paths
 from ..tomlfile import apply_overrides, read_toml
+
+RESUME_EPOCHS = 3  # --resume without --steps: the config's run, cut to this many epochs
 
 
 def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
-    path = Path(config_path)
-    config = validate(apply_overrides(read_toml(path), overrides), str(path))
-    config = resolve_paths(config, path.parent.resolve())
-    resolve_step(config.train.step, [path.parent.resolve()])  # a bad train.step is the config's fault: exit 2, not a failed check
+    path, config = _read(config_path, overrides)
     # lenient: data and model faults are the doctor's to report, not ours to reject
     try:
         session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
@@ -48,3 +49,38 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
         raise UsageError(first_line(err)) from None
     print(report)
     return 0 if report.ok else 1
+
+
+def doctor_resume(config_path: str, overrides: Sequence[str] = (), steps: int | None = None) -> int:
+    """`gl.check_resume` on the config's model, data and callbacks: prints the result, 0 when bit-identical."""
+    from ...resume_check import check_resume
+
+    path, config = _read(config_path, overrides)
+    search = [path.parent.resolve()]
+    try:
+        data = load_data(config)
+        build(config, search_paths=search, data=data, default_callbacks=False)  # every check of `fit`, once
+    except UsageError as err:
+        print(f"gradloop doctor --resume: {path}: FAILED - the data cannot be used")
+        print(f"FAIL  data.load  {err}")
+        return 1
+    per_epoch = math.ceil(math.ceil(len(data.train[1]) / config.data.batch_size) / config.train.accumulate_grad_batches)
+    if steps is None:
+        epochs = min(config.train.max_epochs, RESUME_EPOCHS)
+        steps = max(2, min(epochs * per_epoch, config.train.max_steps or math.inf))  # type: ignore[arg-type]
+
+    def factory() -> Any:  # a fresh, seeded model and Trainer each call, as `gradloop fit` builds them
+        return build(config, search_paths=search, data=data, default_callbacks=False).trainer
+
+    print(f"gradloop doctor --resume: {path} ({data.spec.describe()}): {steps} optimizer steps ({per_epoch} per epoch)", flush=True)
+    result = check_resume(factory, data.train, val=data.val, steps=steps, batch_size=config.data.batch_size)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def _read(config_path: str, overrides: Sequence[str]) -> tuple[Path, Any]:
+    path = Path(config_path)
+    config = validate(apply_overrides(read_toml(path), overrides), str(path))
+    config = resolve_paths(config, path.parent.resolve())
+    resolve_step(config.train.step, [path.parent.resolve()])  # a bad train.step is the config's fault: exit 2, not a failed check
+    return path, config
