@@ -14,7 +14,8 @@ import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())
 PY
 python3 -m pytest -p no:cacheprovider -rs -o addopts="" tests/test_cuda.py \
-    "tests/test_doctor_owners.py::test_the_cuda_rng_is_left_as_found_even_when_the_doctor_initializes_cuda" 2>&1 | tee "$out/tests.txt"
+    "tests/test_doctor_owners.py::test_the_cuda_rng_is_left_as_found_even_when_the_doctor_initializes_cuda" \
+    "tests/test_averaging.py::test_ema_update_makes_no_host_sync_on_cuda" 2>&1 | tee "$out/tests.txt"
 tests=${PIPESTATUS[0]}
 python3 bench/gpu_speed.py --compile --json "$out/speed.json" 2>&1 | tee "$out/speed.txt"
 speed=${PIPESTATUS[0]}
