@@ -12,7 +12,7 @@ same at 90% as at 10%) for every kind of training data measured:
     replayed     the user's DataLoader with a collate_fn of its own: the one kind that is replayed
                  (the skipped batches are loaded again), shown for comparison
 
-Also: the epoch time of a Dataset that decodes every sample (uint8 images to float, a random
+Also: the epoch time of a Dataset that decodes every sample (PNG files with Pillow, a random
 24x24 crop) with num_workers 0 and 2.
 
     python bench/resume_cost.py                      # 60,000 samples (a few minutes)
@@ -22,6 +22,7 @@ Also: the epoch time of a Dataset that decodes every sample (uint8 images to flo
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import tempfile
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
@@ -51,18 +53,32 @@ class Pairs(Dataset):
 
 
 class Decoding(Dataset):
-    """uint8 images decoded to float per sample, with a random 24x24 crop (what an image pipeline does)."""
+    """PNG files decoded per sample (Pillow), then a random 24x24 crop: what an image pipeline does."""
 
-    def __init__(self, images: torch.Tensor, y: torch.Tensor) -> None:
-        self.images, self.y = images, y
+    def __init__(self, pngs: list[bytes], y: torch.Tensor) -> None:
+        self.pngs, self.y = pngs, y
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.pngs)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(self.pngs[i])), dtype=np.uint8).copy())
         top, left = torch.randint(0, 5, (2,)).tolist()
-        crop = self.images[i, :, top : top + 24, left : left + 24]
+        crop = image[top : top + 24, left : left + 24].unsqueeze(0)
         return crop.float().div_(255), self.y[i]
+
+
+def encode_png(images: torch.Tensor) -> list[bytes]:
+    from PIL import Image
+
+    pngs = []
+    for image in images.squeeze(1).numpy():
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, format="PNG")
+        pngs.append(out.getvalue())
+    return pngs
 
 
 def make_data(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +156,10 @@ def resume_seconds(make: Callable[[], tuple[Any, dict[str, Any]]], step: int) ->
         return first.at - started
 
 
-def epoch_seconds(images: torch.Tensor, y: torch.Tensor, num_workers: int) -> float:
+def epoch_seconds(pngs: list[bytes], y: torch.Tensor, num_workers: int) -> float:
     trainer = gl.Trainer(make_model(24 * 24), lr=1e-3, max_epochs=1, metrics=[], seed=0, default_callbacks=False)
     started = time.perf_counter()
-    trainer.fit(Decoding(images, y), batch_size=BATCH_SIZE, loader_options={"num_workers": num_workers})
+    trainer.fit(Decoding(pngs, y), batch_size=BATCH_SIZE, loader_options={"num_workers": num_workers})
     return time.perf_counter() - started
 
 
@@ -151,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=60_000, help="samples in the epoch (default 60000)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--decode-samples", type=int, default=20_000, help="PNG images for the decoding Dataset (default 20000)")
     parser.add_argument("--kinds", default="tensors,dataset,fast_loader,stateful,replayed", help="comma-separated kinds of data")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,9 +180,10 @@ def main() -> None:
     for name, make in chosen.items():
         cells = [resume_seconds(make, max(1, int(fraction * steps))) for fraction in FRACTIONS]
         print(f"{name:<12}" + "".join(f"{seconds:>10.3f}" for seconds in cells), flush=True)
-    images = (X * 255).to(torch.uint8)
+    pngs = encode_png((X[: args.decode_samples] * 255).to(torch.uint8))
     for workers in (0, 2):
-        print(f"decode-per-sample Dataset, num_workers={workers}: {epoch_seconds(images, y, workers):.2f} s per epoch", flush=True)
+        seconds = epoch_seconds(pngs, y[: args.decode_samples], workers)
+        print(f"PNG-decoding Dataset ({len(pngs)} samples), num_workers={workers}: {seconds:.2f} s per epoch", flush=True)
 
 
 if __name__ == "__main__":
