@@ -60,7 +60,8 @@ SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
     trainer = gl.Trainer(net, optimizer="adamw", lr=0.01, max_epochs=3, seed=3, strategy=strategy, grad_clip_norm=1.0,
-                         accumulate_grad_batches=2, run_dir=os.path.join(out, "run"), callbacks=[Probe()], **policy)
+                         accumulate_grad_batches=2, precision="bf16-mixed" if mode == "bf16" else "32",
+                         run_dir=os.path.join(out, "run"), callbacks=[Probe()], **policy)
     if source is not None:
         trainer.load_checkpoint(source)
         dump(trainer, "loaded.pt")
@@ -123,6 +124,13 @@ def test_fsdp_trains_like_ddp_and_exports_the_full_weights(straight: Path, tmp_p
     assert exported.keys() == fsdp["model"].keys()
     assert all(torch.equal(exported[name], fsdp["model"][name]) for name in exported)
     assert (straight / "run" / "checkpoints" / "last.ckpt" / "manifest.json").is_file()
+
+
+def test_bf16_mixed_fsdp_trains_like_ddp_under_autocast(tmp_path: Path) -> None:
+    for strategy in ("ddp", "fsdp"):  # FSDP: bf16 parameters and float32 gradient reduction, autocast as well
+        _ok(_run(tmp_path / strategy, strategy, "bf16"))
+    ddp, fsdp = (torch.load(tmp_path / strategy / "final.pt")["model"] for strategy in ("ddp", "fsdp"))
+    assert all(fsdp[name].dtype == torch.float32 and torch.allclose(ddp[name], fsdp[name], atol=1e-5) for name in ddp)
 
 
 def test_a_sharded_checkpoint_resumes_bit_identically(straight: Path, tmp_path: Path) -> None:
