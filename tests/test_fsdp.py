@@ -19,6 +19,7 @@ from torch import nn
 import gradloop as gl
 from gradloop.persistence import finding, sharded
 from gradloop.persistence.checkpoint import CheckpointError
+from gradloop.persistence.verification import CheckpointInfo, verify_file
 from gradloop.persistence.weights import read_weights
 from helpers import torchrun
 
@@ -174,6 +175,10 @@ def test_a_truncated_shard_is_named_and_resume_falls_back(straight: Path, tmp_pa
     os.utime(directory / "last.ckpt")  # the broken one is the newest
     assert finding.latest(directory) == newest_good
     assert "skipping a broken checkpoint" in capsys.readouterr().err
+    info = verify_file(newest_good)  # what `gradloop verify` reports
+    assert isinstance(info, CheckpointInfo) and (info.epoch, info.step) == (3, 12)
+    with pytest.raises(CheckpointError, match=r"__1_0\.distcp"):
+        verify_file(directory / "last.ckpt")
 
 
 def test_an_optimizer_instance_is_refused() -> None:

@@ -450,14 +450,15 @@ class Trainer:
         layout.restore(self, state, "the state dict")
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the full training state to `path` atomically, with a checksum."""
+        """Writes the full training state to `path` atomically, with a checksum (strategy="fsdp": a directory
+        of sharded DCP files with a manifest, written by every rank: call it on all)."""
         if self.strategy == "fsdp":  # a directory of DCP shards: a collective, every rank writes its part
             return sharded.save(self, Path(path))
         return checkpoint.save(self.state_dict(), Path(path))
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Loads a checkpoint written by `save_checkpoint` (verified, no code unpickled)."""
-        saved = sharded.load(self, Path(path)) if Path(path).is_dir() else checkpoint.load(Path(path), map_location=self.device)
+        saved = self._load(Path(path))
         written_with = (saved.get("settings") or {}).get("optimizer")
         if written_with is not None and written_with != type(self.optimizer).__name__:
             raise checkpoint.CheckpointError(
@@ -469,17 +470,20 @@ class Trainer:
     def _find_resume_point(self, resume: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
         if str(resume) == "last":
             assert self.run_dir is not None
-            load = (lambda path: sharded.load(self, path)) if self.strategy == "fsdp" else None
-            found = finding.load_latest(self.run_dir / "checkpoints", map_location=self.device, load=load)  # verifies once
+            found = finding.load_latest(self.run_dir / "checkpoints", load=self._load)  # verifies once
             if found is None:
                 print(f"gradloop: no checkpoint in {self.run_dir / 'checkpoints'} yet: starting from scratch", file=sys.stderr)
                 return None
             path, saved = found
         else:
             path = Path(resume)
-            saved = sharded.load(self, path) if path.is_dir() else checkpoint.load(path, map_location=self.device)
+            saved = self._load(path)
         layout.check_settings(saved, self.fit_settings, path)
         return path, saved
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """A checkpoint file, or a sharded checkpoint directory (strategy="fsdp"'s, loadable by any strategy)."""
+        return sharded.load(self, path) if path.is_dir() else checkpoint.load(path, map_location=self.device)
 
     def _stop_on_signal(self) -> None:
         """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM), on every rank alike."""

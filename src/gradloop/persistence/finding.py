@@ -42,7 +42,8 @@ def load_latest(
 ) -> tuple[Path, dict[str, Any]] | None:
     """Like `latest`, but loads the file too (verifying it once): `(path, state)`, or None.
 
-    `load(path)`: how to read one (a sharded trainer's, which also takes directory checkpoints)."""
+    `load(path)`: how to read one instead of `checkpoint.load` (the trainer's, which also reads
+    sharded checkpoint directories into its model)."""
     return _first_usable(Path(directory), load or (lambda path: checkpoint.load(path, map_location)))
 
 

@@ -10,13 +10,15 @@ complete or absent; loading verifies the manifest first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -51,7 +53,8 @@ def save(trainer: "Trainer", path: Path) -> Path:
     model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer)
     state = {"model": model_state, "optimizer": optimizer_state, f"extra.rank{rank}": _to_bytes(rest)}
     try:
-        dcp.save(state, checkpoint_id=str(staging))
+        with _one_process_quiet():
+            dcp.save(state, checkpoint_id=str(staging))
     except OSError as err:
         raise checkpoint.CheckpointWriteError(f"could not write the checkpoint {str(path)!r}: {err.strerror}") from err
     distributed.barrier()
@@ -94,7 +97,8 @@ def load(trainer: "Trainer", path: Path) -> dict[str, Any]:
         key = own if own in entries else "extra.rank0"  # a rank the writing run did not have takes rank 0's
         model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer)
         blob = torch.empty(entries[key].size, dtype=torch.uint8)  # type: ignore[union-attr]
-        dcp.load({"model": model_state, "optimizer": optimizer_state, key: blob}, checkpoint_id=str(path))
+        with _one_process_quiet():
+            dcp.load({"model": model_state, "optimizer": optimizer_state, key: blob}, checkpoint_id=str(path))
         rest = torch.load(io.BytesIO(blob.numpy().tobytes()), map_location=trainer.device, weights_only=True)
     except CheckpointError:
         raise
@@ -103,6 +107,20 @@ def load(trainer: "Trainer", path: Path) -> dict[str, Any]:
     for group, saved_group in zip(optimizer_state["param_groups"], rest.pop("param_groups")):
         group.update(saved_group)  # type: ignore[attr-defined]
     return {**rest, "model": model_state, "optimizer": optimizer_state, "sharded": True}
+
+
+def read_extra(path: Path, rank: int = 0) -> dict[str, Any]:
+    """The non-tensor part of a verified checkpoint, as rank `rank` wrote it (no model needed)."""
+    import torch.distributed.checkpoint as dcp
+
+    key = f"extra.rank{rank}"
+    try:
+        blob = torch.empty(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata[key].size, dtype=torch.uint8)  # type: ignore[union-attr]
+        with _one_process_quiet():
+            dcp.load({key: blob}, checkpoint_id=str(path), no_dist=True)
+        return torch.load(io.BytesIO(blob.numpy().tobytes()), weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} has no readable training state: {first_line(err)}") from None
 
 
 def restore_tensors(trainer: "Trainer", saved: dict[str, Any]) -> None:
@@ -144,6 +162,14 @@ def _commit(staging: Path, path: Path) -> None:
         path.unlink()
     staging.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _one_process_quiet() -> Iterator[None]:
+    """Without a process group DCP reads and writes as one process (what is meant) and warns that it does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _link_or_copy(source: str, target: str) -> None:
