@@ -10,6 +10,7 @@ them (`full_state_dict`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Callable, Iterable
 
 import torch
@@ -46,6 +47,8 @@ def shard(model: nn.Module, policy: Policy | None, precision: str) -> None:
 
 
 def is_sharded(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:  # not sharded, and importing it would cost a second
+        return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
@@ -95,16 +98,19 @@ class StopChannel:
     non-blocking all-reduce over the CPU side channel, started after a step and read after the next."""
 
     def __init__(self) -> None:
+        self._local = 0.0
         self._pending: tuple[Any, torch.Tensor] | None = None
 
     @property
     def local(self) -> float:
-        return 0.0
+        return self._local
 
     @local.setter
     def local(self, flag: float) -> None:
+        """This rank's flag after a step: its vote starts at once."""
         import torch.distributed as dist
 
+        self._local = flag
         total = torch.tensor([flag], dtype=torch.float64)
         self._pending = (dist.all_reduce(total, group=distributed._vote_group(), async_op=True), total)
 
