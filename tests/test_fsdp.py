@@ -58,6 +58,17 @@ SCRIPT = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGTERM)
 
     policy = {"fsdp_policy": lambda model: [model[0]]} if strategy == "fsdp" else {}  # the first layer, then the root
+    if mode == "refuse":  # what FSDP does not support is one clear error on every rank
+        errors = []
+        for attempt in (lambda: gl.Trainer(nn.Linear(8, 2), strategy="fsdp", callbacks=[gl.EMA()]),
+                        lambda: gl.Trainer(nn.Linear(8, 2), strategy="fsdp").find_lr((X, y))):
+            try:
+                attempt()
+            except ValueError as err:
+                errors.append(str(err))
+        with open(os.path.join(out, f"errors{rank}.json"), "w") as f:
+            json.dump(errors, f)
+        sys.exit(0)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
     trainer = gl.Trainer(net, optimizer="adamw", lr=0.01, max_epochs=3, seed=3, strategy=strategy, grad_clip_norm=1.0,
@@ -190,3 +201,11 @@ def test_an_optimizer_instance_is_refused() -> None:
 def test_the_policy_must_be_callable() -> None:
     with pytest.raises(TypeError, match="fsdp_policy must be a function"):
         gl.Trainer(nn.Linear(2, 2), strategy="fsdp", fsdp_policy=[nn.Linear(2, 2)])  # type: ignore[arg-type]
+
+
+def test_weight_copying_callbacks_and_find_lr_are_refused_under_torchrun(tmp_path: Path) -> None:
+    _ok(_run(tmp_path, "fsdp", "refuse"))
+    for rank in (0, 1):
+        ema, find_lr = json.loads((tmp_path / f"errors{rank}.json").read_text())
+        assert "EMA keeps its own copy of the weights" in ema and "strategy='ddp'" in ema
+        assert "find_lr" in find_lr and "one process" in find_lr

@@ -134,6 +134,8 @@ class Trainer:
         self.callbacks = CallbackList(
             with_defaults(callbacks or [], self.run_dir, default_callbacks), rank_zero=distributed.is_rank_zero(), sharded=self._sharded
         )
+        if self._sharded:
+            fsdp.check_callbacks(self.callbacks)
         self.state = TrainState()
         self.history = History()
         self.should_stop = False
@@ -425,6 +427,8 @@ class Trainer:
         """
         from .doctor import lr_find  # training itself does not need the doctor
 
+        if self._sharded:
+            raise ValueError("find_lr copies the whole model, which strategy='fsdp' shards: run it in one process (without torchrun)")
         if self.loss_fn is None and self._step.step_fn is None:
             raise ValueError("find_lr needs a loss or a step: a model that computes its own loss (loss=None) takes step=...")
         if self.run_dir is not None and distributed.is_rank_zero():

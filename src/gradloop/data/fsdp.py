@@ -69,6 +69,18 @@ def check_optimizer(spec: Any) -> None:
         )
 
 
+def check_callbacks(callbacks: Iterable[Any]) -> None:
+    """Callbacks that keep a second copy of the weights (EMA, SWA, best weights) copy whole tensors: not of shards."""
+    from ..callbacks.base import SUPPLIES
+
+    for callback in callbacks:
+        if any(callback.listens(question) for question in SUPPLIES):
+            raise ValueError(
+                f"{type(callback).__name__} keeps its own copy of the weights, which strategy='fsdp' does not support yet: "
+                f"leave it out or use strategy='ddp'"
+            )
+
+
 def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     """Within an accumulation group only the last backward reduces gradients: DDP's `no_sync`, FSDP's flag."""
     from torch.nn.parallel import DistributedDataParallel
