@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .data import fsdp
 from .data.batches import Batches, TensorBatches
 from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES
 from .names.metrics import Metric
@@ -48,7 +49,7 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metri
     sample = batches.peek(2)
     if sample is None:
         return None
-    with torch.inference_mode(), eval_mode(model):
+    with fsdp.inference(model), eval_mode(model):
         result = _run_user_step(model, sample, step, role) if step.custom else _run_default_step(model, batches, sample, step, role)
         if metrics and (result.outputs is None or result.targets is None):
             raise ValueError(

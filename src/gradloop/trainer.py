@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import compilation
@@ -20,7 +19,7 @@ from .callbacks.base import Callback, CallbackList
 from .callbacks.defaults import with_defaults
 from .callbacks.progress import verbosity
 from .checks import check_model_fits_data, eval_mode
-from .data import distributed
+from .data import distributed, fsdp
 from .data.batches import Batches, LoaderBatches, make_batches, unshuffled
 from .data.devices import Precision, host_sync_allowed, resolve_device, resolve_precision, sync_debug, sync_debug_mode
 from .data.loader_options import loader_options_for
@@ -28,7 +27,7 @@ from .history import History
 from .names.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from .names.metrics import Metric, MetricFn, MetricSet, resolve_metrics
 from .names.optim import OptimizerSpec, build_optimizer, check_closure_settings, needs_closure
-from .persistence import checkpoint, finding, layout, weights
+from .persistence import checkpoint, finding, layout, sharded, weights
 from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from .doctor import LRFindResult
 
 
-STRATEGIES = ("auto", "ddp")
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 class Trainer:
@@ -69,6 +68,7 @@ class Trainer:
         val_every_n_steps: int | None = None,
         strategy: str = "auto",
         compile: bool | dict[str, Any] = False,
+        fsdp_policy: fsdp.Policy | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -82,17 +82,26 @@ class Trainer:
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-        if strategy not in STRATEGIES:  # both mean DistributedDataParallel under torchrun, one process otherwise
+        if strategy not in STRATEGIES:  # auto/ddp: DistributedDataParallel under torchrun; fsdp: FSDP2; one process otherwise
             raise ValueError(f"unknown strategy {strategy!r}{did_you_mean(str(strategy), STRATEGIES)}: use one of {', '.join(STRATEGIES)}")
+        fsdp.check_policy(fsdp_policy)
+        self.strategy = strategy
+        if strategy == "fsdp":
+            fsdp.check_optimizer(optimizer)
         self.device = distributed.device_for_rank(device, resolve_device(device))
         distributed.init_if_needed(self.device)  # under torchrun: join the process group
         self.precision = Precision(resolve_precision(precision), self.device)
         self.model = compilation.plain_module(model).to(self.device)  # what is saved: never torch.compile's wrapper
+        self._sharded = strategy == "fsdp" and distributed.active()
+        if self._sharded:  # in place, before the optimizer sees the parameters
+            fsdp.shard(self.model, fsdp_policy, self.precision.name)
         # The forwards run through the compiled module (compile=..., or the user's), the training one also
         # through DistributedDataParallel under torchrun; `model` stays the user's.
         self._eval_model = compilation.compiled_forward(model, self.model, compilation.compile_options(compile))
-        self._channel = distributed.StopChannel()  # under torchrun: stop flags ride on the gradient all-reduce
-        self._train_model = distributed.wrap(self._eval_model, self.device, self._channel)
+        # under torchrun: the stop flags ride on DDP's gradient all-reduce, or (FSDP) on a CPU all-reduce of their own
+        channel = distributed.StopChannel()
+        self._channel: distributed.StopChannel | fsdp.StopChannel = fsdp.StopChannel() if self._sharded else channel
+        self._train_model = self._eval_model if self._sharded else distributed.wrap(self._eval_model, self.device, channel)
         self.optimizer = build_optimizer(optimizer, self.model, lr, optimizer_options)
         for name, fn in (("step", step), ("predict_step", predict_step)):
             if fn is not None and not callable(fn):
@@ -122,7 +131,11 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if isinstance(callbacks, Callback):
             callbacks = [callbacks]
-        self.callbacks = CallbackList(with_defaults(callbacks or [], self.run_dir, default_callbacks), rank_zero=distributed.is_rank_zero())
+        self.callbacks = CallbackList(
+            with_defaults(callbacks or [], self.run_dir, default_callbacks), rank_zero=distributed.is_rank_zero(), sharded=self._sharded
+        )
+        if self._sharded:
+            fsdp.check_callbacks(self.callbacks)
         self.state = TrainState()
         self.history = History()
         self.should_stop = False
@@ -212,9 +225,9 @@ class Trainer:
         self.callbacks.call("on_fit_end", self)
         if (final := self.callbacks.final_weights(self)) is not None:  # EMA, SWA, restore_best_weights
             self.model.load_state_dict(final)
-        if self.run_dir is not None and distributed.is_rank_zero():
+        if self.run_dir is not None and (self._sharded or distributed.is_rank_zero()):  # FSDP: every rank gathers
             if weights_are_finite(self.model):
-                weights.export_weights(self.model, self.run_dir / "model.safetensors")
+                weights.export_weights(self.model, self.run_dir / "model.safetensors", sharded=self._sharded)
             else:
                 print("gradloop: the final weights are not finite: model.safetensors not written", file=sys.stderr)
         return self.history
@@ -305,8 +318,7 @@ class Trainer:
     def _forward_backward(self, batch: Any, share: float | int, meter: MetricSet, sync_grads: bool = True) -> torch.Tensor:
         """`share`: this batch's part of its accumulation group (an int k means 1/k)."""
         model = self._train_model
-        no_sync = model.no_sync() if not sync_grads and isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
-        with no_sync:
+        with fsdp.gradient_sync(model, sync_grads):
             with self.precision.autocast():
                 result = self._step(model, batch)
             if isinstance(share, int):
@@ -335,7 +347,7 @@ class Trainer:
     def _optimizer_step(self, meter: MetricSet, closure: Callable[[], torch.Tensor] | None = None) -> None:
         if self.grad_clip_norm is not None:
             self.precision.unscale(self.optimizer)
-            meter.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
+            meter.add_grad_norm(fsdp.clip_grad_norm(self.model.parameters(), self.grad_clip_norm))
         self.resume_point.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         self.precision.step(self.optimizer, closure)
         self.state.global_step += 1
@@ -347,7 +359,7 @@ class Trainer:
         """`model`: what to evaluate instead of the model's own (compiled) forward (a callback's averaged weights)."""
         forward = self._eval_model if model is None else model
         meter = MetricSet(self.metrics, self.device, value_names)
-        with torch.inference_mode(), eval_mode(self.model if model is None else model):
+        with fsdp.inference(self.model), eval_mode(self.model if model is None else model):
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
                     result = self._step(forward, batch)
@@ -401,7 +413,7 @@ class Trainer:
         size, options = self._batch_size if batch_size is None else batch_size, loader_options_for(loader_options, data)
         batches = make_batches(data, size, False, self.device, "predict", needs_targets=False, loader_options=options)
         outputs = []
-        with torch.inference_mode(), eval_mode(self.model):
+        with fsdp.inference(self.model), eval_mode(self.model):
             for batch in batches.iterate(batches.new_order()):
                 with self.precision.autocast():
                     outputs.append(self._step.predict(self._eval_model, batch))
@@ -415,6 +427,8 @@ class Trainer:
         """
         from .doctor import lr_find  # training itself does not need the doctor
 
+        if self._sharded:
+            raise ValueError("find_lr copies the whole model, which strategy='fsdp' shards: run it in one process (without torchrun)")
         if self.loss_fn is None and self._step.step_fn is None:
             raise ValueError("find_lr needs a loss or a step: a model that computes its own loss (loss=None) takes step=...")
         if self.run_dir is not None and distributed.is_rank_zero():
@@ -440,12 +454,15 @@ class Trainer:
         layout.restore(self, state, "the state dict")
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the full training state to `path` atomically, with a checksum."""
+        """Writes the full training state to `path` atomically, with a checksum (strategy="fsdp": a directory
+        of sharded DCP files with a manifest, written by every rank: call it on all)."""
+        if self.strategy == "fsdp":  # a directory of DCP shards: a collective, every rank writes its part
+            return sharded.save(self, Path(path))
         return checkpoint.save(self.state_dict(), Path(path))
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Loads a checkpoint written by `save_checkpoint` (verified, no code unpickled)."""
-        saved = checkpoint.load(Path(path), map_location=self.device)
+        saved = self._load(Path(path))
         written_with = (saved.get("settings") or {}).get("optimizer")
         if written_with is not None and written_with != type(self.optimizer).__name__:
             raise checkpoint.CheckpointError(
@@ -457,16 +474,20 @@ class Trainer:
     def _find_resume_point(self, resume: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
         if str(resume) == "last":
             assert self.run_dir is not None
-            found = finding.load_latest(self.run_dir / "checkpoints", map_location=self.device)  # verifies once
+            found = finding.load_latest(self.run_dir / "checkpoints", load=self._load)  # verifies once
             if found is None:
                 print(f"gradloop: no checkpoint in {self.run_dir / 'checkpoints'} yet: starting from scratch", file=sys.stderr)
                 return None
             path, saved = found
         else:
             path = Path(resume)
-            saved = checkpoint.load(path, map_location=self.device)
+            saved = self._load(path)
         layout.check_settings(saved, self.fit_settings, path)
         return path, saved
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """A checkpoint file, or a sharded checkpoint directory (strategy="fsdp"'s, loadable by any strategy)."""
+        return sharded.load(self, path) if path.is_dir() else checkpoint.load(path, map_location=self.device)
 
     def _stop_on_signal(self) -> None:
         """Writes the resume point and exits with 130 (SIGINT) or 143 (SIGTERM), on every rank alike."""
@@ -477,15 +498,20 @@ class Trainer:
         if distributed.active():
             self.resume_point.metrics.all_reduce()  # every rank's part of the epoch so far goes into rank 0's file
             self._signals.leave()
-        if distributed.is_rank_zero():
+        if self._sharded or distributed.is_rank_zero():  # FSDP: every rank writes its shards
             self._write_resume_point(name, where)
         distributed.barrier()  # the other ranks exit once rank 0's checkpoint is complete
         raise SystemExit(code)
 
     def _write_resume_point(self, name: str, where: str) -> None:
+        finite = self.run_dir is not None and weights_are_finite(self.model)  # under FSDP a collective
+        if not distributed.is_rank_zero():  # FSDP: the other ranks write their shards, quietly
+            if finite:
+                self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")  # type: ignore[operator]
+            return
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
-        elif not weights_are_finite(self.model):
+        elif not finite:
             print(f"gradloop: {name} at {where}: weights are not finite, the last good checkpoint is kept", file=sys.stderr)
         else:
             path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")

@@ -229,11 +229,16 @@ def preserved_rng(seed: int | None = None) -> Iterator[None]:
 
 # --------------------------------------------------------------------------------- tensors
 def weights_are_finite(model: torch.nn.Module) -> bool:
-    """No NaN or Inf in any floating-point parameter or buffer (one host sync)."""
+    """No NaN or Inf in any floating-point parameter or buffer (one host sync; under FSDP a collective over the shards)."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    if not tensors:
-        return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    sharded = any(hasattr(t, "to_local") for t in tensors)  # FSDP's DTensors: every rank checks its shard
+    tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.tensor(True)
+    if sharded:  # a collective: the same answer on every rank
+        from .data import distributed
+
+        return bool(distributed.all_reduce_sum((~finite).to(torch.int64).reshape(1)).item() == 0)
+    return bool(finite)
 
 
 # --------------------------------------------------------------------------------- run records

@@ -63,6 +63,7 @@ class Callback:
 
     priority = 0  # callbacks run by increasing priority, then in the order given: loggers 10, checkpoints 20
     rank_zero_only = False  # True: under torchrun only rank 0 runs this callback's hooks
+    saves_checkpoints = False  # True: under strategy="fsdp" it runs on every rank (each writes its shards)
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
 
@@ -116,7 +117,7 @@ class CallbackList:
     Under torchrun, callbacks with `rank_zero_only` are skipped on every rank but rank 0.
     """
 
-    def __init__(self, callbacks: Iterable[Callback], rank_zero: bool = True) -> None:
+    def __init__(self, callbacks: Iterable[Callback], rank_zero: bool = True, sharded: bool = False) -> None:
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
@@ -124,10 +125,12 @@ class CallbackList:
             _check_hook_names(callback)
         self.callbacks = sorted(callbacks, key=lambda c: c.priority)
         self.rank_zero = rank_zero
-        runs_here = [c for c in self.callbacks if rank_zero or not c.rank_zero_only]
+        # sharded (FSDP): a checkpoint is written by every rank, so callbacks that save run on every rank
+        every_rank = [c for c in self.callbacks if not c.rank_zero_only or (sharded and c.saves_checkpoints)]
+        runs_here = [c for c in self.callbacks if rank_zero or c in every_rank]
         self._listeners = {hook: [c for c in runs_here if c.listens(hook)] for hook in HOOKS}
         # the same on every rank: what decides whether a per-batch collective happens
-        self._all_rank_listeners = {hook: [c for c in self.callbacks if c.listens(hook) and not c.rank_zero_only] for hook in HOOKS}
+        self._all_rank_listeners = {hook: [c for c in every_rank if c.listens(hook)] for hook in HOOKS}
         for question in SUPPLIES:
             answering = [type(c).__name__ for c in self.callbacks if c.listens(question)]
             if len(answering) > 1:

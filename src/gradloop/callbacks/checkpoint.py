@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data import distributed
 from ..data.devices import host_sync_allowed
-from ..persistence import checkpoint
+from ..persistence import checkpoint, sharded
 from ..util import weights_are_finite
 from .base import Callback
 from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
@@ -47,6 +48,7 @@ class ModelCheckpoint(Callback):
 
     priority = 20
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
+    saves_checkpoints = True  # under strategy="fsdp" every rank runs it (writes its shards); rank 0 links, prunes and prints
 
     def __init__(
         self,
@@ -147,12 +149,13 @@ class ModelCheckpoint(Callback):
         self._saved = mark
         try:  # the callback's state_dict() is part of the file: it already describes the new state
             first = trainer.save_checkpoint(checkpoint.path_in(directory, names[0]))
-            for name in names[1:]:
-                checkpoint.link(first, checkpoint.path_in(directory, name))
+            link = sharded.link if first.is_dir() else checkpoint.link
+            for name in names[1:] if distributed.is_rank_zero() else []:
+                link(first, checkpoint.path_in(directory, name))
         except BaseException:
             self.best, self.best_path, self.kept, self._saved = before
             raise
-        if periodic:  # only now that the new file is committed
+        if periodic and distributed.is_rank_zero():  # only now that the new file is committed
             self._prune(directory, doomed)
 
     def _prune(self, directory: Path, doomed: list[str]) -> None:
@@ -161,7 +164,7 @@ class ModelCheckpoint(Callback):
         on_disk = [p.name for p in directory.iterdir() if _PERIODIC.match(p.name)] if directory.is_dir() else []
         for name in doomed + [n for n in on_disk if n not in self.kept]:
             try:
-                (directory / name).unlink(missing_ok=True)
+                sharded.remove(directory / name)
             except OSError as err:
                 print(f"gradloop: ModelCheckpoint could not delete {directory / name}: {err.strerror}", file=sys.stderr)
 
@@ -186,7 +189,8 @@ class ModelCheckpoint(Callback):
         if problem is None:
             return True
         where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
-        print(f"gradloop: ModelCheckpoint did not save at {where}: {problem}; the previous checkpoints stay", file=sys.stderr)
+        if distributed.is_rank_zero():
+            print(f"gradloop: ModelCheckpoint did not save at {where}: {problem}; the previous checkpoints stay", file=sys.stderr)
         return False
 
     # ------------------------------------------------------------------ state

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from ..data import fsdp
 from ..persistence.weights import export_weights
 from ..util import flatten, weights_are_finite
 from .base import Callback
@@ -182,7 +183,9 @@ class MLflowLogger(Callback):
             for name in ARTIFACTS:
                 if (trainer.run_dir / name).is_file():
                     self._client.log_artifact(self.run_id, str(trainer.run_dir / name))
-        if weights_are_finite(trainer.model):
+        if fsdp.is_sharded(trainer.model):  # gathering the shards takes every rank; this runs on rank 0 alone
+            print("gradloop: MLflowLogger logs no model artifact under strategy='fsdp' (see run_dir/model.safetensors)", file=sys.stderr)
+        elif weights_are_finite(trainer.model):
             # the trainer writes run_dir/model.safetensors after on_fit_end: the same export, done here
             with tempfile.TemporaryDirectory() as folder:
                 self._client.log_artifact(self.run_id, str(export_weights(trainer.model, Path(folder) / "model.safetensors")))

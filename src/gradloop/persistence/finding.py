@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import SUFFIX, CheckpointError, load, verify
+from . import checkpoint
+from .checkpoint import SUFFIX, CheckpointError
 
 
 def candidates(directory: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint files (`*.ckpt`) in `directory`, newest first; `last.ckpt` first among equals."""
+    """Checkpoints (`*.ckpt` files, and sharded `*.ckpt/` directories) in `directory`, newest first; `last.ckpt` first among equals."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -30,13 +31,20 @@ def latest(directory: str | os.PathLike[str]) -> Path | None:
     A broken newer file is skipped with a note on stderr; when every file fails verification,
     a CheckpointError names them all.
     """
-    found = _first_usable(Path(directory), verify)
+    from . import sharded
+
+    found = _first_usable(Path(directory), lambda path: sharded.verify(path) if path.is_dir() else checkpoint.verify(path))
     return found[0] if found else None
 
 
-def load_latest(directory: str | os.PathLike[str], map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """Like `latest`, but loads the file too (verifying it once): `(path, state)`, or None."""
-    return _first_usable(Path(directory), lambda path: load(path, map_location))
+def load_latest(
+    directory: str | os.PathLike[str], map_location: Any = "cpu", load: Callable[[Path], dict[str, Any]] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """Like `latest`, but loads the file too (verifying it once): `(path, state)`, or None.
+
+    `load(path)`: how to read one instead of `checkpoint.load` (the trainer's, which also reads
+    sharded checkpoint directories into its model)."""
+    return _first_usable(Path(directory), load or (lambda path: checkpoint.load(path, map_location)))
 
 
 def _first_usable(directory: Path, use: Callable[[Path], Any]) -> tuple[Path, Any] | None:

@@ -87,8 +87,13 @@ def restore(trainer: "Trainer", saved: dict[str, Any], source: str | os.PathLike
     optimizer, or one that lacks a part, is one CheckpointError naming `source`.
     """
     check_parts(saved, source)
-    load_model_state(trainer.model, saved["model"], source)
-    load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
+    if saved.get("sharded"):  # a sharded checkpoint's DCP state dicts (sharded.load)
+        from .sharded import restore_tensors
+
+        restore_tensors(trainer, saved)
+    else:
+        load_model_state(trainer.model, saved["model"], source)
+        load_optimizer_state(trainer.optimizer, saved["optimizer"], source)
     if trainer.precision.scaler is not None and saved["scaler"] is not None:
         trainer.precision.scaler.load_state_dict(saved["scaler"])
     trainer.state.load_state_dict(saved["progress"])

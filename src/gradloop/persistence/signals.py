@@ -7,7 +7,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from ..data import distributed
+from ..data import distributed, fsdp
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -62,7 +62,7 @@ class StopVote:
     (one blocking reduce per epoch).
     """
 
-    def __init__(self, signals: GracefulStop, channel: distributed.StopChannel | None = None) -> None:
+    def __init__(self, signals: GracefulStop, channel: distributed.StopChannel | fsdp.StopChannel | None = None) -> None:
         self.signals, self.channel = signals, channel
         self.code: int | None = None  # the agreed exit code once the vote says stop
 

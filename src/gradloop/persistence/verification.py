@@ -17,6 +17,7 @@ import torch
 from ..history import History
 from ..state import TrainState
 from ..util import first_line
+from . import sharded
 from .checkpoint import SUFFIX, CheckpointError, load
 from .finding import candidates
 from .layout import check_parts
@@ -74,9 +75,15 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     corrupt, a plain torch.save file, not a training state).
     """
     path = Path(path)
-    saved = load(path)
+    if path.is_dir():  # strategy="fsdp"'s directory of DCP shards: its manifest, then its training state
+        sharded.verify(path)
+        saved = {**sharded.read_extra(path), "model": {}, "optimizer": {}}
+        saved["optimizer"]["param_groups"] = saved.pop("param_groups", [])
+        size = sum(p.stat().st_size for p in path.iterdir())
+    else:
+        saved, size = load(path), path.stat().st_size
+        _check_model(saved["model"], path)
     check_parts(saved, path)
-    _check_model(saved["model"], path)
     progress = TrainState()
     try:
         progress.load_state_dict(saved["progress"])
@@ -88,7 +95,7 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     versions = saved.get("versions")
     return CheckpointInfo(
         path=path,
-        size=path.stat().st_size,
+        size=size,
         epoch=progress.epoch,
         step=progress.global_step,
         mid_epoch=mid_epoch,
@@ -109,7 +116,7 @@ def verify_weights(path: str | os.PathLike[str]) -> WeightsInfo:
 def verify_file(path: str | os.PathLike[str]) -> CheckpointInfo | WeightsInfo:
     """`verify_weights` for a `.safetensors` file, `verify_checkpoint` for anything else."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.suffix != SUFFIX:
         raise CheckpointError(f"{str(path)!r} is a directory, not a checkpoint file")
     return verify_weights(path) if path.suffix == WEIGHTS_SUFFIX else verify_checkpoint(path)
 

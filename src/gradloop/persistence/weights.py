@@ -14,12 +14,19 @@ from .checkpoint import CheckpointError, write
 from .restore import load_model_state
 
 
-def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Writes the model's weights as safetensors (atomically); a compiled model's under the plain module's names."""
+def export_weights(model: nn.Module, path: str | os.PathLike[str], sharded: bool = False) -> Path:
+    """Writes the model's weights as safetensors (atomically); a compiled model's under the plain module's names.
+
+    `sharded` (FSDP): the full weights are gathered on every rank (call it on all), rank 0 writes."""
     from safetensors.torch import save as to_bytes
 
+    from ..data import distributed, fsdp
+
     path = Path(path)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in plain_module(model).state_dict().items()}
+    state = fsdp.full_state_dict(plain_module(model)) if sharded else plain_module(model).state_dict()
+    if not distributed.is_rank_zero():
+        return path
+    tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
     data = to_bytes(_unshare(tensors), metadata={"format": "pt"})
     write(path, data)
     return path

@@ -44,7 +44,7 @@ def _files(given: str) -> list[tuple[Path, bool]]:
     path = Path(given)
     if not path.exists():
         raise UsageError(f"{given!r} does not exist: give a run directory or checkpoint files")
-    if not path.is_dir():
+    if not path.is_dir() or path.suffix == SUFFIX:  # a file, or a sharded checkpoint directory (strategy="fsdp")
         return [(path, False)]
     if (path / "checkpoints").is_dir() or (path / CONFIG_FILE).is_file() or (path / "metrics.csv").is_file():
         files = run_files(path)
