@@ -105,11 +105,16 @@ def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def torchrun(script, *args, nproc=2, timeout=120):
-    """`torchrun --nproc_per_node=nproc script args...` on CPU (Gloo) on a free local port; the CompletedProcess."""
+def free_port() -> int:
+    """A local TCP port nobody listens on now, for a torchrun rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def torchrun(script, *args, nproc=2, timeout=120):
+    """`torchrun --nproc_per_node=nproc script args...` on CPU (Gloo) on a free local port; the CompletedProcess."""
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",

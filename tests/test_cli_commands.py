@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gradloop.cli.main import main
-from helpers import LABELS, write_blobs_csv
+from helpers import LABELS, run_cli, write_blobs_csv
 
 
 def gradloop(*args, cwd, timeout=240):
@@ -30,14 +30,10 @@ def gradloop(*args, cwd, timeout=240):
 
 
 def cli(capsys, *args):
-    """`gradloop ARGS` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    assert code == 0, f"exit {code}\nstdout:\n{captured.out}\nstderr:\n{captured.err}"
-    return captured.out, captured.err
+    """`gradloop ARGS` in this process, which must succeed: (stdout, stderr)."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    return out, err
 
 
 def ok(process):

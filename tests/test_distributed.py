@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from torch import nn
 
 import gradloop as gl
 from gradloop.data import distributed
+from helpers import free_port
 
 SCRIPT = textwrap.dedent(
     """
@@ -97,12 +97,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(203, 8, generator=g)
@@ -128,7 +122,7 @@ def torchrun(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(script),
         str(out),
     ]

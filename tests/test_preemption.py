@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import free_port
 
 SCRIPT = textwrap.dedent(
     """
@@ -57,19 +58,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out: Path, mode: str, phase: str) -> subprocess.CompletedProcess[str]:
     script = out / "train.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               "--master_port", str(_free_port()), str(script), str(out), mode, phase]  # fmt: skip
+               "--master_port", str(free_port()), str(script), str(out), mode, phase]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 

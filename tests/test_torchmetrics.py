@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from torch import nn
 
 import gradloop as gl
 from gradloop.names import metric_objects
+from helpers import free_port
 
 torchmetrics = pytest.importorskip("torchmetrics")
 metrics_sk = pytest.importorskip("sklearn.metrics")
@@ -212,12 +212,6 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_report_the_single_process_values(tmp_path: Path) -> None:
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
@@ -229,7 +223,7 @@ def test_two_gloo_ranks_report_the_single_process_values(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               "--master_port", str(_free_port()), str(tmp_path / "train.py"), str(tmp_path)]  # fmt: skip
+               "--master_port", str(free_port()), str(tmp_path / "train.py"), str(tmp_path)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"results{rank}.json").read_text()) for rank in (0, 1))
@@ -297,7 +291,7 @@ def test_preemption_under_two_gloo_ranks_resumes_the_metrics_exactly(tmp_path: P
 
     def torchrun(phase: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                   "--master_port", str(_free_port()), str(tmp_path / "train.py"), str(tmp_path), phase]  # fmt: skip
+                   "--master_port", str(free_port()), str(tmp_path / "train.py"), str(tmp_path), phase]  # fmt: skip
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
     for phase, code in (("straight", 0), ("cut", 1)):  # torchrun reports a rank's 143 as 1
