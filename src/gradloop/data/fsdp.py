@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 
@@ -83,8 +84,6 @@ def check_callbacks(callbacks: Iterable[Any]) -> None:
 
 def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     """Within an accumulation group only the last backward reduces gradients: DDP's `no_sync`, FSDP's flag."""
-    from torch.nn.parallel import DistributedDataParallel
-
     if isinstance(model, DistributedDataParallel):
         return model.no_sync() if not enabled else contextlib.nullcontext()
     if is_sharded(model):
