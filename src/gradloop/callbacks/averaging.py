@@ -13,6 +13,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, up
 from ..data import distributed
 from .base import Callback
 from .lr import LRScheduler, ReduceLROnPlateau
+from .monitor import check_count
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -137,9 +138,8 @@ class SWA(Callback):
         lrs = swa_lr if isinstance(swa_lr, (list, tuple)) else [swa_lr]
         if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lrs):
             raise ValueError(f"swa_lr must be a number >= 0 (or one per param group); received: swa_lr={swa_lr!r}")
-        for name, value in (("start_epoch", start_epoch), ("anneal_epochs", anneal_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+        check_count("start_epoch", start_epoch)
+        check_count("anneal_epochs", anneal_epochs)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; received: anneal_strategy={anneal_strategy!r}")
         self.swa_lr, self.start_epoch = swa_lr, start_epoch

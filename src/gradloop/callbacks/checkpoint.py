@@ -16,7 +16,7 @@ from ..data.devices import host_sync_allowed
 from ..persistence import checkpoint, sharded
 from ..util import weights_are_finite
 from .base import Callback
-from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -62,9 +62,9 @@ class ModelCheckpoint(Callback):
         dirpath: str | os.PathLike[str] | None = None,
     ) -> None:
         check_monitor(monitor, mode)
-        _check_count("keep", keep, minimum=0)
-        _check_count("every_n_epochs", every_n_epochs, minimum=1)
-        _check_count("every_n_steps", every_n_steps, minimum=1)
+        check_count("keep", keep, optional=True)
+        check_count("every_n_epochs", every_n_epochs, minimum=1, optional=True)
+        check_count("every_n_steps", every_n_steps, minimum=1, optional=True)
         self._requested = (monitor, mode)
         self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
         self.save_best, self.save_last = bool(save_best), bool(save_last)
@@ -74,7 +74,7 @@ class ModelCheckpoint(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best = worst(self.mode)
         self.best_path: str | None = None
         self.kept: list[str] = []  # periodic files written by this run, oldest first
         self._saved: tuple[int, int, int] | None = None  # (epoch, step, batch) of the state last written
@@ -109,9 +109,8 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         with host_sync_allowed():  # a checkpoint every every_n_steps steps
             if self._can_save(trainer, loss=loss):
-                periodic = self._periodic_name(state.epoch, state.global_step)
                 mark = (state.epoch, state.global_step, state.batch_in_epoch)
-                self._write(trainer, [periodic] if periodic else [], improved=None, mark=mark)
+                self._write(trainer, self._periodic(state.epoch, state.global_step), improved=None, mark=mark)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         epoch, step = trainer.state.epoch, trainer.state.global_step
@@ -122,9 +121,8 @@ class ModelCheckpoint(Callback):
         improved = float(value) if value is not None and is_improvement(float(value), self.best, self.mode) else None
         if not (due or improved is not None) or not self._can_save(trainer, epoch_loss=logs.get("loss")):
             return
-        periodic = self._periodic_name(epoch, step) if due else None
         # The trainer saves an epoch-end state as "epoch + 1 begins": mark it so.
-        self._write(trainer, [periodic] if periodic else [], improved=improved, mark=(epoch + 1, step, 0))
+        self._write(trainer, self._periodic(epoch, step) if due else [], improved=improved, mark=(epoch + 1, step, 0))
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         state = trainer.state
@@ -168,8 +166,8 @@ class ModelCheckpoint(Callback):
             except OSError as err:
                 print(f"gradloop: ModelCheckpoint could not delete {directory / name}: {err.strerror}", file=sys.stderr)
 
-    def _periodic_name(self, epoch: int, step: int) -> str | None:
-        return None if self.keep == 0 else f"epoch-{epoch}-step-{step}.ckpt"
+    def _periodic(self, epoch: int, step: int) -> list[str]:
+        return [] if self.keep == 0 else [f"epoch-{epoch}-step-{step}.ckpt"]
 
     def _directory(self, trainer: "Trainer") -> Path:
         if self.dirpath is not None:
@@ -218,10 +216,3 @@ class ModelCheckpoint(Callback):
         self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
         saved = state.get("saved")
         self._saved = tuple(saved) if saved is not None else None
-
-
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be None or an integer >= {minimum}; received: {name}={value!r}")

@@ -73,7 +73,7 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = 0
         self.best_epoch = 0
-        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best = worst(self.mode)
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: "Trainer") -> None:

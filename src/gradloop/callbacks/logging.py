@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
@@ -74,15 +74,10 @@ class CSVLogger(Callback):
         atomic_write(self._file, text.getvalue(), durable=False)
 
 
-def _json_value(value: Any) -> Any:
-    """Non-finite floats become null: NaN and Infinity are not JSON, and strict readers reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _dumps(row: dict[str, Any]) -> str:
-    return json.dumps({k: _json_value(v) for k, v in row.items()}, allow_nan=False) + "\n"
+    """One JSON line. Non-finite floats become null: NaN and Infinity are not JSON, and strict readers reject them."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
@@ -224,8 +219,9 @@ class TensorBoardLogger(Callback):
         self._writer = self._writer_class(log_dir=str(log_dir), purge_step=purge)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        for name, value in _scalars(logs):
-            self._writer.add_scalar(name, value, global_step=trainer.state.epoch)
+        for name, value in logs.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(name, float(value), global_step=trainer.state.epoch)
         self._writer.flush()
 
     def on_fit_end(self, trainer: "Trainer") -> None:
@@ -235,7 +231,3 @@ class TensorBoardLogger(Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _scalars(logs: dict[str, Any]) -> Iterable[tuple[str, float]]:
-    return ((name, float(value)) for name, value in logs.items() if isinstance(value, (int, float)))

@@ -97,23 +97,22 @@ class MLflowLogger(Callback):
         self._client = self._client_class(tracking_uri=self.tracking_uri)
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
         self._log_epochs([(trainer.state.epoch, logs)])
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
         self._log_artifacts(trainer)
         self._close("FINISHED")
 
     # ------------------------------------------------------------------ the run
     def _start(self, trainer: "Trainer") -> None:
-        """Creates the run, or reopens the one a resumed checkpoint names; logs what it lacks."""
+        """Creates the run, or reopens the one a resumed checkpoint names; logs what it lacks. Once per fit."""
+        if self._open:
+            return
         client = self._client
         if client is None:
             raise ValueError("MLflowLogger.on_fit_start was not called: add the logger to Trainer(callbacks=[...])")

@@ -126,11 +126,10 @@ def _fixed_margins(fig: "Figure", ncols: int, nrows: int) -> None:
 
 
 def _label(name: str, title: str) -> str:
-    if name.startswith("val_"):
-        return "val"
-    if name.startswith("test_"):
-        return "test"
-    return "train" if title != "lr" else name
+    """ "val", "test" or "train" in a metric's panel; the LR panel's lines keep their names."""
+    if name.startswith(("val_", "test_")):
+        return name.split("_", 1)[0]
+    return name if title == "lr" else "train"
 
 
 def plot_history(history_epochs: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
