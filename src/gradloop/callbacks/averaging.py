@@ -12,7 +12,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, up
 
 from ..data import distributed
 from .base import Callback
-from .lr import LRScheduler, ReduceLROnPlateau
+from .lr import LRScheduler
 from .monitor import check_count
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class SWA(Callback):
         return self.averaged.module if self.averaged is not None else None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        fighting = [type(c).__name__ for c in trainer.callbacks if isinstance(c, (LRScheduler, ReduceLROnPlateau))]
+        fighting = [type(c).__name__ for c in trainer.callbacks if isinstance(c, LRScheduler)]  # ReduceLROnPlateau too
         if fighting:
             raise ValueError(f"SWA sets the LR from start_epoch on (SWALR) and {fighting[0]} would change it too: use one of them")
         if self.start_epoch >= trainer.max_epochs:

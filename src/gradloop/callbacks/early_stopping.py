@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, monitored_value, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -86,9 +86,7 @@ class EarlyStopping(Callback):
         epoch = trainer.state.epoch
         if epoch < self.start_from_epoch:
             return
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
-        current = float(logs[self.monitor])
+        current = monitored_value(logs, self.monitor, "EarlyStopping")
         if self.restore_best_weights and self.best_weights is None:
             self._keep_weights(trainer)  # Keras: until something improves, the first monitored epoch is the best
             self.best_epoch = epoch

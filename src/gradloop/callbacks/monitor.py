@@ -63,6 +63,13 @@ def resolve_monitor(available: Sequence[str], monitor: str, owner: str) -> str:
     raise ValueError(f"{owner} monitors {str(monitor)!r}, which is not logged; available: {', '.join(available)}")
 
 
+def monitored_value(logs: dict[str, float], monitor: str, owner: str) -> float:
+    """The epoch's value of `monitor`; a ValueError that lists the logged names when it is missing."""
+    if monitor not in logs:
+        raise ValueError(f"{owner} monitors {monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
+    return float(logs[monitor])
+
+
 def is_improvement(current: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
     """Keras's rule: better than `best` by more than `min_delta`; NaN never improves."""
     if math.isnan(current):
