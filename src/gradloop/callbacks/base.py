@@ -103,14 +103,6 @@ class Callback:
         pass
 
 
-def _check_hook_names(callback: Callback) -> None:
-    for name in dir(type(callback)):
-        if name.startswith("on_") and name not in HOOKS:
-            raise TypeError(
-                f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; hooks are: {', '.join(HOOKS)}"
-            )
-
-
 class CallbackList:
     """Calls each hook on every callback that listens to it, by priority.
 
@@ -122,7 +114,11 @@ class CallbackList:
         for callback in callbacks:
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks must be gl.Callback instances; received {callback!r}")
-            _check_hook_names(callback)
+            for name in dir(type(callback)):
+                if name.startswith("on_") and name not in HOOKS:
+                    raise TypeError(
+                        f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; hooks are: {', '.join(HOOKS)}"
+                    )
         self.callbacks = sorted(callbacks, key=lambda c: c.priority)
         self.rank_zero = rank_zero
         # sharded (FSDP): a checkpoint is written by every rank, so callbacks that save run on every rank

@@ -52,18 +52,14 @@ class CSVLogger(Callback):
 
     def __init__(self, path: PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self._file: Path | None = None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        self._file = run_file(trainer, self.path, "metrics.csv", "CSVLogger")
         self._write(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         self._write(trainer)
 
     def _write(self, trainer: "Trainer") -> None:
-        if self._file is None:
-            raise ValueError("CSVLogger.on_fit_start was not called: add the logger to Trainer(callbacks=[...])")
         epochs = trainer.history.epochs
         names = [name for row in epochs for name in row] if epochs else trainer.log_names
         columns = dict.fromkeys(["epoch", *names])  # in the order they first appear
@@ -71,7 +67,7 @@ class CSVLogger(Callback):
         writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows({"epoch": e, **values} for e, values in enumerate(epochs))
-        atomic_write(self._file, text.getvalue(), durable=False)
+        atomic_write(run_file(trainer, self.path, "metrics.csv", "CSVLogger"), text.getvalue(), durable=False)
 
 
 def _dumps(row: dict[str, Any]) -> str:

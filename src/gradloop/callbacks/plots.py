@@ -83,8 +83,7 @@ def curves_figure(history_epochs: Sequence[dict[str, Any]]) -> "Figure":
     marker = "o" if len(history_epochs) <= 30 else None
     for i, (title, names) in enumerate(panels.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        positive = True
-        varies = False
+        positive, varies = True, False
         for name in names:
             ys = [_number(r.get(name)) for r in history_epochs]
             values = [math.nan if y is None else y for y in ys]
