@@ -147,7 +147,6 @@ class SWA(Callback):
         self.averaged: AveragedModel | None = None
         self.scheduler: SWALR | None = None
         self._optimizer: torch.optim.Optimizer | None = None
-        self._updates = 0
 
     @property
     def module(self) -> nn.Module | None:
@@ -164,7 +163,7 @@ class SWA(Callback):
                 f"(max_epochs={trainer.max_epochs}); choose a start_epoch below max_epochs"
             )
         self.averaged = AveragedModel(trainer.model)
-        self._optimizer, self.scheduler, self._updates = trainer.optimizer, None, 0
+        self._optimizer, self.scheduler = trainer.optimizer, None
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
         if trainer.state.epoch >= self.start_epoch and self.scheduler is None:
@@ -175,18 +174,17 @@ class SWA(Callback):
             return
         assert self.averaged is not None and self.scheduler is not None
         self.averaged.update_parameters(trainer.model)  # once per epoch: its host sync does not matter
-        self._updates += 1
         self.scheduler.step()
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if self.averaged is None or not self._updates:
+        if self.averaged is None or not self.averaged.n_averaged:  # a CPU tensor (AveragedModel's default)
             return
         module = self.averaged.module
         update_bn(([batch] for batch in trainer.training_batches()), _Step(module, trainer))
         _average_norm_statistics_over_ranks(module)
 
     def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
-        return self.averaged.module.state_dict() if self.averaged is not None and self._updates else None
+        return self.averaged.module.state_dict() if self.averaged is not None and self.averaged.n_averaged else None
 
     def _new_scheduler(self) -> SWALR:
         assert self._optimizer is not None
@@ -205,7 +203,6 @@ class SWA(Callback):
             return
         if state.get("averaged") is not None:
             self.averaged.load_state_dict(state["averaged"])
-            self._updates = int(self.averaged.n_averaged)
         if state.get("scheduler") is not None:  # the trainer puts the optimizer's saved LRs back afterwards
             self.scheduler = self.scheduler or self._new_scheduler()
             self.scheduler.load_state_dict(state["scheduler"])

@@ -87,8 +87,10 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: "Trainer") -> None:
-        if self.dirpath is None and trainer.run_dir is None:
+        directory = self.dirpath or (trainer.run_dir / "checkpoints" if trainer.run_dir is not None else None)
+        if directory is None:
             raise ValueError("ModelCheckpoint needs a place to write: pass dirpath=... or Trainer(run_dir=...)")
+        self._directory = directory
         monitor, mode = self._requested
         if self.save_best:
             self.monitor = resolve_monitor(trainer.log_names, monitor, "ModelCheckpoint")
@@ -135,7 +137,6 @@ class ModelCheckpoint(Callback):
         names = periodic + ([BEST] if improved is not None else []) + ([LAST] if self.save_last else [])
         if not names:
             return
-        directory = self._directory(trainer)
         before = (self.best, self.best_path, list(self.kept), self._saved)
         doomed: list[str] = []
         if periodic:
@@ -146,15 +147,15 @@ class ModelCheckpoint(Callback):
             self.best, self.best_path = improved, BEST
         self._saved = mark
         try:  # the callback's state_dict() is part of the file: it already describes the new state
-            first = trainer.save_checkpoint(checkpoint.path_in(directory, names[0]))
+            first = trainer.save_checkpoint(checkpoint.path_in(self._directory, names[0]))
             link = sharded.link if first.is_dir() else checkpoint.link
             for name in names[1:] if distributed.is_rank_zero() else []:
-                link(first, checkpoint.path_in(directory, name))
+                link(first, checkpoint.path_in(self._directory, name))
         except BaseException:
             self.best, self.best_path, self.kept, self._saved = before
             raise
         if periodic and distributed.is_rank_zero():  # only now that the new file is committed
-            self._prune(directory, doomed)
+            self._prune(self._directory, doomed)
 
     def _prune(self, directory: Path, doomed: list[str]) -> None:
         """Deletes periodic files beyond `keep`, and ones this run does not track (from an earlier
@@ -168,12 +169,6 @@ class ModelCheckpoint(Callback):
 
     def _periodic(self, epoch: int, step: int) -> list[str]:
         return [] if self.keep == 0 else [f"epoch-{epoch}-step-{step}.ckpt"]
-
-    def _directory(self, trainer: "Trainer") -> Path:
-        if self.dirpath is not None:
-            return self.dirpath
-        assert trainer.run_dir is not None  # checked in on_fit_start
-        return trainer.run_dir / "checkpoints"
 
     def _can_save(self, trainer: "Trainer", loss: torch.Tensor | None = None, epoch_loss: float | None = None) -> bool:
         """False (with a note) when the loss or the weights are not finite: such a state is never written."""

@@ -114,9 +114,8 @@ class EarlyStopping(Callback):
         if self.best_weights is None or self.best_weights.keys() != current.keys():
             self.best_weights = {name: t.detach().clone() for name, t in current.items()}
             return
-        with torch.no_grad():
-            for name, tensor in current.items():
-                self.best_weights[name].copy_(tensor)
+        for name, tensor in current.items():  # state_dict() tensors are detached: no autograd here
+            self.best_weights[name].copy_(tensor)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, best value and epoch, and the best weights (the live tensors: save them at once)."""

@@ -180,12 +180,10 @@ class JSONLLogger(Callback):
             self._handle = None
 
 
-def _row_position(row: dict[str, Any]) -> tuple[int, int, int]:
-    """Step rows of an epoch, in step order, then that epoch's row."""
+def _row_position(row: dict[str, Any]) -> tuple[int, bool, int]:
+    """Step and validation rows of an epoch, in step order, then that epoch's row."""
     epoch = row["epoch"] if isinstance(row.get("epoch"), int) else 0
-    if row.get("type") in ("step", "validation"):
-        return (epoch, 0, row["global_step"])
-    return (epoch, 1, 0)
+    return (epoch, row["type"] == "epoch", row.get("global_step", 0))
 
 
 class TensorBoardLogger(Callback):

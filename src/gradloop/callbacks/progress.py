@@ -18,15 +18,13 @@ if TYPE_CHECKING:
 
 def format_logs(logs: dict[str, float]) -> str:
     """`loss 0.1234  accuracy 0.9500  lr 0.001  1.2s`: the epoch's logs on one line."""
-    parts = []
-    for name, value in logs.items():
-        if name == "time":
-            parts.append(f"{value:.1f}s")
-        elif name == "lr":
-            parts.append(f"lr {value:.3g}")
-        else:
-            parts.append(f"{name} {value:.4f}")
-    return "  ".join(parts)
+    return "  ".join(_format_value(name, value) for name, value in logs.items())
+
+
+def _format_value(name: str, value: float) -> str:
+    if name == "time":
+        return f"{value:.1f}s"
+    return f"lr {value:.3g}" if name == "lr" else f"{name} {value:.4f}"
 
 
 def _in_notebook() -> bool:
