@@ -167,8 +167,7 @@ class MLflowLogger(Callback):
                 continue
             self._logged_epochs.add(epoch)
             metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if _is_number(v)]
-        if metrics:
-            self._client.log_batch(self.run_id, metrics=metrics)
+        self._client.log_batch(self.run_id, metrics=metrics)  # none: no request
 
     def _log_artifacts(self, trainer: "Trainer") -> None:
         if trainer.run_dir is not None:

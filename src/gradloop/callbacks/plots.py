@@ -39,17 +39,14 @@ def _panels(epochs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     for row in epochs:
         names.update(dict.fromkeys(n for n, v in row.items() if n not in _NOT_PLOTTED and _number(v) is not None))
     panels: dict[str, list[str]] = {"loss": []}
-    lrs = [n for n in names if _is_lr(n)]
     for name in names:
-        if _is_lr(name):
-            continue
-        base = name.split("_", 1)[1] if name.startswith(("val_", "test_")) else name
-        panels.setdefault(base, []).append(name)
-    if not panels["loss"]:
-        del panels["loss"]
+        if not _is_lr(name):
+            base = name.split("_", 1)[1] if name.startswith(("val_", "test_")) else name
+            panels.setdefault(base, []).append(name)
+    lrs = [n for n in names if _is_lr(n)]
     if lrs:
         panels["lr"] = lrs
-    return panels
+    return {title: drawn for title, drawn in panels.items() if drawn}  # no "loss" panel without a loss
 
 
 def _number(value: Any) -> float | None:

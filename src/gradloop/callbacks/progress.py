@@ -93,7 +93,6 @@ class ProgressBar(Callback):
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._stop_live()
-        self._display = None
 
     # ------------------------------------------------------------------ the live bar (terminal)
     def on_epoch_start(self, trainer: "Trainer") -> None:
