@@ -181,8 +181,8 @@ class ModelCheckpoint(Callback):
             problem = "the weights are not finite"
         if problem is None:
             return True
-        where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
         if distributed.is_rank_zero():
+            where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
             print(f"gradloop: ModelCheckpoint did not save at {where}: {problem}; the previous checkpoints stay", file=sys.stderr)
         return False
 

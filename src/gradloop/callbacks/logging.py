@@ -130,11 +130,7 @@ class JSONLLogger(Callback):
         file = run_file(trainer, self.path, "metrics.jsonl", "JSONLLogger")
         step = trainer.state.global_step
         kept = read_jsonl(file) if step > 0 and file.is_file() else []
-        rows = [
-            r
-            for r in kept
-            if r.get("type") in ("step", "validation") and isinstance(r.get("global_step"), int) and r["global_step"] <= step
-        ]
+        rows = [r for r in kept if _is_step_row_until(r, step)]
         rows += [{"type": "epoch", "epoch": e, **logs} for e, logs in enumerate(trainer.history.epochs)]
         rows.sort(key=_row_position)
         atomic_write(file, "".join(_dumps(r) for r in rows), durable=False)
@@ -178,6 +174,11 @@ class JSONLLogger(Callback):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _is_step_row_until(row: dict[str, Any], step: int) -> bool:
+    """A step or validation row written at `step` or before: part of the run being resumed."""
+    return row.get("type") in ("step", "validation") and isinstance(row.get("global_step"), int) and row["global_step"] <= step
 
 
 def _row_position(row: dict[str, Any]) -> tuple[int, bool, int]:

@@ -58,8 +58,7 @@ class LRScheduler(Callback):
             raise ValueError(f"monitor={monitor!r} is logged once per epoch: use interval='epoch' with a monitor")
         self._given = scheduler_or_factory
         self.interval = interval
-        self.monitor = monitor
-        self._requested_monitor = monitor
+        self.monitor = self._requested_monitor = monitor  # resolved in on_fit_start (the default may fall back to "loss")
         self.scheduler: Scheduler | None = scheduler_or_factory if _is_scheduler(scheduler_or_factory) else None
         self._step_lrs: list[float] | None = None  # with several param groups: the LRs of the epoch's last step
 
