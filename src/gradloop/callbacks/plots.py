@@ -98,8 +98,7 @@ def curves_figure(history_epochs: Sequence[dict[str, Any]]) -> "Figure":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(set(x)) == 1:
             ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
-        ax.set_title("learning rate" if title == "lr" else title)
-        ax.set_xlabel("epoch")
+        ax.set(title="learning rate" if title == "lr" else title, xlabel="epoch")
         ax.grid(True, alpha=0.3)
         if len(names) > 1:
             ax.legend()

@@ -136,8 +136,7 @@ class ProgressBar(Callback):
 
     def _info(self, elapsed: float) -> str:
         """`412/938  loss 0.2345  1,234.5 it/s  ETA 0:03`: one text column (rich redraws tables slowly)."""
-        done = self._batches - self._start_batches
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (self._batches - self._start_batches) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self._batches}/{self._total if self._total is not None else '?'}"]
         if self._loss_count:
             parts.append(f"loss {self._loss_sum / self._loss_count:.4f}")
