@@ -12,7 +12,8 @@ from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, up
 
 from ..data import distributed
 from .base import Callback
-from .lr import LRScheduler, ReduceLROnPlateau
+from .lr import LRScheduler
+from .monitor import check_count
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -137,9 +138,8 @@ class SWA(Callback):
         lrs = swa_lr if isinstance(swa_lr, (list, tuple)) else [swa_lr]
         if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lrs):
             raise ValueError(f"swa_lr must be a number >= 0 (or one per param group); received: swa_lr={swa_lr!r}")
-        for name, value in (("start_epoch", start_epoch), ("anneal_epochs", anneal_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+        check_count("start_epoch", start_epoch)
+        check_count("anneal_epochs", anneal_epochs)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; received: anneal_strategy={anneal_strategy!r}")
         self.swa_lr, self.start_epoch = swa_lr, start_epoch
@@ -147,7 +147,6 @@ class SWA(Callback):
         self.averaged: AveragedModel | None = None
         self.scheduler: SWALR | None = None
         self._optimizer: torch.optim.Optimizer | None = None
-        self._updates = 0
 
     @property
     def module(self) -> nn.Module | None:
@@ -155,7 +154,7 @@ class SWA(Callback):
         return self.averaged.module if self.averaged is not None else None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        fighting = [type(c).__name__ for c in trainer.callbacks if isinstance(c, (LRScheduler, ReduceLROnPlateau))]
+        fighting = [type(c).__name__ for c in trainer.callbacks if isinstance(c, LRScheduler)]  # ReduceLROnPlateau too
         if fighting:
             raise ValueError(f"SWA sets the LR from start_epoch on (SWALR) and {fighting[0]} would change it too: use one of them")
         if self.start_epoch >= trainer.max_epochs:
@@ -164,7 +163,7 @@ class SWA(Callback):
                 f"(max_epochs={trainer.max_epochs}); choose a start_epoch below max_epochs"
             )
         self.averaged = AveragedModel(trainer.model)
-        self._optimizer, self.scheduler, self._updates = trainer.optimizer, None, 0
+        self._optimizer, self.scheduler = trainer.optimizer, None
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
         if trainer.state.epoch >= self.start_epoch and self.scheduler is None:
@@ -175,18 +174,17 @@ class SWA(Callback):
             return
         assert self.averaged is not None and self.scheduler is not None
         self.averaged.update_parameters(trainer.model)  # once per epoch: its host sync does not matter
-        self._updates += 1
         self.scheduler.step()
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if self.averaged is None or not self._updates:
+        if self.averaged is None or not self.averaged.n_averaged:  # a CPU tensor (AveragedModel's default)
             return
         module = self.averaged.module
         update_bn(([batch] for batch in trainer.training_batches()), _Step(module, trainer))
         _average_norm_statistics_over_ranks(module)
 
     def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
-        return self.averaged.module.state_dict() if self.averaged is not None and self._updates else None
+        return self.averaged.module.state_dict() if self.averaged is not None and self.averaged.n_averaged else None
 
     def _new_scheduler(self) -> SWALR:
         assert self._optimizer is not None
@@ -205,7 +203,6 @@ class SWA(Callback):
             return
         if state.get("averaged") is not None:
             self.averaged.load_state_dict(state["averaged"])
-            self._updates = int(self.averaged.n_averaged)
         if state.get("scheduler") is not None:  # the trainer puts the optimizer's saved LRs back afterwards
             self.scheduler = self.scheduler or self._new_scheduler()
             self.scheduler.load_state_dict(state["scheduler"])

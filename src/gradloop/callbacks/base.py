@@ -103,14 +103,6 @@ class Callback:
         pass
 
 
-def _check_hook_names(callback: Callback) -> None:
-    for name in dir(type(callback)):
-        if name.startswith("on_") and name not in HOOKS:
-            raise TypeError(
-                f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; hooks are: {', '.join(HOOKS)}"
-            )
-
-
 class CallbackList:
     """Calls each hook on every callback that listens to it, by priority.
 
@@ -122,20 +114,23 @@ class CallbackList:
         for callback in callbacks:
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks must be gl.Callback instances; received {callback!r}")
-            _check_hook_names(callback)
+            for name in dir(type(callback)):
+                if name.startswith("on_") and name not in HOOKS:
+                    raise TypeError(
+                        f"{type(callback).__name__}.{name} is not a gradloop hook{did_you_mean(name, HOOKS)}; hooks are: {', '.join(HOOKS)}"
+                    )
         self.callbacks = sorted(callbacks, key=lambda c: c.priority)
         self.rank_zero = rank_zero
         # sharded (FSDP): a checkpoint is written by every rank, so callbacks that save run on every rank
         every_rank = [c for c in self.callbacks if not c.rank_zero_only or (sharded and c.saves_checkpoints)]
         runs_here = [c for c in self.callbacks if rank_zero or c in every_rank]
-        self._listeners = {hook: [c for c in runs_here if c.listens(hook)] for hook in HOOKS}
+        self._listeners = {name: [c for c in runs_here if c.listens(name)] for name in HOOKS + SUPPLIES}
         # the same on every rank: what decides whether a per-batch collective happens
         self._all_rank_listeners = {hook: [c for c in every_rank if c.listens(hook)] for hook in HOOKS}
         for question in SUPPLIES:
             answering = [type(c).__name__ for c in self.callbacks if c.listens(question)]
             if len(answering) > 1:
                 raise ValueError(f"{' and '.join(answering)} would both supply the {question.replace('_', ' ')}: keep one of them")
-        self._suppliers = {question: [c for c in runs_here if c.listens(question)] for question in SUPPLIES}
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
@@ -152,10 +147,10 @@ class CallbackList:
             getattr(callback, hook)(*args)
 
     def evaluation_model(self, trainer: "Trainer") -> nn.Module | None:
-        return next((c.evaluation_model(trainer) for c in self._suppliers["evaluation_model"]), None)
+        return next((c.evaluation_model(trainer) for c in self._listeners["evaluation_model"]), None)
 
     def final_weights(self, trainer: "Trainer") -> dict[str, torch.Tensor] | None:
-        return next((c.final_weights(trainer) for c in self._suppliers["final_weights"]), None)
+        return next((c.final_weights(trainer) for c in self._listeners["final_weights"]), None)
 
     def keys(self) -> list[str]:
         """Stable names for checkpoint state: class name, with #N for repeats."""

@@ -16,7 +16,7 @@ from ..data.devices import host_sync_allowed
 from ..persistence import checkpoint, sharded
 from ..util import weights_are_finite
 from .base import Callback
-from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -62,9 +62,9 @@ class ModelCheckpoint(Callback):
         dirpath: str | os.PathLike[str] | None = None,
     ) -> None:
         check_monitor(monitor, mode)
-        _check_count("keep", keep, minimum=0)
-        _check_count("every_n_epochs", every_n_epochs, minimum=1)
-        _check_count("every_n_steps", every_n_steps, minimum=1)
+        check_count("keep", keep, optional=True)
+        check_count("every_n_epochs", every_n_epochs, minimum=1, optional=True)
+        check_count("every_n_steps", every_n_steps, minimum=1, optional=True)
         self._requested = (monitor, mode)
         self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
         self.save_best, self.save_last = bool(save_best), bool(save_last)
@@ -74,7 +74,7 @@ class ModelCheckpoint(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best = worst(self.mode)
         self.best_path: str | None = None
         self.kept: list[str] = []  # periodic files written by this run, oldest first
         self._saved: tuple[int, int, int] | None = None  # (epoch, step, batch) of the state last written
@@ -87,8 +87,10 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: "Trainer") -> None:
-        if self.dirpath is None and trainer.run_dir is None:
+        directory = self.dirpath or (trainer.run_dir / "checkpoints" if trainer.run_dir is not None else None)
+        if directory is None:
             raise ValueError("ModelCheckpoint needs a place to write: pass dirpath=... or Trainer(run_dir=...)")
+        self._directory = directory
         monitor, mode = self._requested
         if self.save_best:
             self.monitor = resolve_monitor(trainer.log_names, monitor, "ModelCheckpoint")
@@ -109,9 +111,8 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         with host_sync_allowed():  # a checkpoint every every_n_steps steps
             if self._can_save(trainer, loss=loss):
-                periodic = self._periodic_name(state.epoch, state.global_step)
                 mark = (state.epoch, state.global_step, state.batch_in_epoch)
-                self._write(trainer, [periodic] if periodic else [], improved=None, mark=mark)
+                self._write(trainer, self._periodic(state.epoch, state.global_step), improved=None, mark=mark)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         epoch, step = trainer.state.epoch, trainer.state.global_step
@@ -122,9 +123,8 @@ class ModelCheckpoint(Callback):
         improved = float(value) if value is not None and is_improvement(float(value), self.best, self.mode) else None
         if not (due or improved is not None) or not self._can_save(trainer, epoch_loss=logs.get("loss")):
             return
-        periodic = self._periodic_name(epoch, step) if due else None
         # The trainer saves an epoch-end state as "epoch + 1 begins": mark it so.
-        self._write(trainer, [periodic] if periodic else [], improved=improved, mark=(epoch + 1, step, 0))
+        self._write(trainer, self._periodic(epoch, step) if due else [], improved=improved, mark=(epoch + 1, step, 0))
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         state = trainer.state
@@ -137,7 +137,6 @@ class ModelCheckpoint(Callback):
         names = periodic + ([BEST] if improved is not None else []) + ([LAST] if self.save_last else [])
         if not names:
             return
-        directory = self._directory(trainer)
         before = (self.best, self.best_path, list(self.kept), self._saved)
         doomed: list[str] = []
         if periodic:
@@ -148,15 +147,15 @@ class ModelCheckpoint(Callback):
             self.best, self.best_path = improved, BEST
         self._saved = mark
         try:  # the callback's state_dict() is part of the file: it already describes the new state
-            first = trainer.save_checkpoint(checkpoint.path_in(directory, names[0]))
+            first = trainer.save_checkpoint(checkpoint.path_in(self._directory, names[0]))
             link = sharded.link if first.is_dir() else checkpoint.link
             for name in names[1:] if distributed.is_rank_zero() else []:
-                link(first, checkpoint.path_in(directory, name))
+                link(first, checkpoint.path_in(self._directory, name))
         except BaseException:
             self.best, self.best_path, self.kept, self._saved = before
             raise
         if periodic and distributed.is_rank_zero():  # only now that the new file is committed
-            self._prune(directory, doomed)
+            self._prune(self._directory, doomed)
 
     def _prune(self, directory: Path, doomed: list[str]) -> None:
         """Deletes periodic files beyond `keep`, and ones this run does not track (from an earlier
@@ -168,14 +167,8 @@ class ModelCheckpoint(Callback):
             except OSError as err:
                 print(f"gradloop: ModelCheckpoint could not delete {directory / name}: {err.strerror}", file=sys.stderr)
 
-    def _periodic_name(self, epoch: int, step: int) -> str | None:
-        return None if self.keep == 0 else f"epoch-{epoch}-step-{step}.ckpt"
-
-    def _directory(self, trainer: "Trainer") -> Path:
-        if self.dirpath is not None:
-            return self.dirpath
-        assert trainer.run_dir is not None  # checked in on_fit_start
-        return trainer.run_dir / "checkpoints"
+    def _periodic(self, epoch: int, step: int) -> list[str]:
+        return [] if self.keep == 0 else [f"epoch-{epoch}-step-{step}.ckpt"]
 
     def _can_save(self, trainer: "Trainer", loss: torch.Tensor | None = None, epoch_loss: float | None = None) -> bool:
         """False (with a note) when the loss or the weights are not finite: such a state is never written."""
@@ -188,8 +181,8 @@ class ModelCheckpoint(Callback):
             problem = "the weights are not finite"
         if problem is None:
             return True
-        where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
         if distributed.is_rank_zero():
+            where = f"epoch {trainer.state.epoch}, step {trainer.state.global_step}"
             print(f"gradloop: ModelCheckpoint did not save at {where}: {problem}; the previous checkpoints stay", file=sys.stderr)
         return False
 
@@ -218,10 +211,3 @@ class ModelCheckpoint(Callback):
         self.kept = [name for name in state.get("kept", []) if _PERIODIC.match(name)]
         saved = state.get("saved")
         self._saved = tuple(saved) if saved is not None else None
-
-
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be None or an integer >= {minimum}; received: {name}={value!r}")

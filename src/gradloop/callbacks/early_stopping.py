@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, monitored_value, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -73,7 +73,7 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = 0
         self.best_epoch = 0
-        self.best = worst(self.mode) if self.mode != "auto" else math.inf
+        self.best = worst(self.mode)
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
@@ -86,9 +86,7 @@ class EarlyStopping(Callback):
         epoch = trainer.state.epoch
         if epoch < self.start_from_epoch:
             return
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
-        current = float(logs[self.monitor])
+        current = monitored_value(logs, self.monitor, "EarlyStopping")
         if self.restore_best_weights and self.best_weights is None:
             self._keep_weights(trainer)  # Keras: until something improves, the first monitored epoch is the best
             self.best_epoch = epoch
@@ -116,9 +114,8 @@ class EarlyStopping(Callback):
         if self.best_weights is None or self.best_weights.keys() != current.keys():
             self.best_weights = {name: t.detach().clone() for name, t in current.items()}
             return
-        with torch.no_grad():
-            for name, tensor in current.items():
-                self.best_weights[name].copy_(tensor)
+        for name, tensor in current.items():  # state_dict() tensors are detached: no autograd here
+            self.best_weights[name].copy_(tensor)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, best value and epoch, and the best weights (the live tensors: save them at once)."""

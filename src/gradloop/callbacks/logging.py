@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
@@ -52,18 +52,14 @@ class CSVLogger(Callback):
 
     def __init__(self, path: PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self._file: Path | None = None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        self._file = run_file(trainer, self.path, "metrics.csv", "CSVLogger")
         self._write(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         self._write(trainer)
 
     def _write(self, trainer: "Trainer") -> None:
-        if self._file is None:
-            raise ValueError("CSVLogger.on_fit_start was not called: add the logger to Trainer(callbacks=[...])")
         epochs = trainer.history.epochs
         names = [name for row in epochs for name in row] if epochs else trainer.log_names
         columns = dict.fromkeys(["epoch", *names])  # in the order they first appear
@@ -71,18 +67,13 @@ class CSVLogger(Callback):
         writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows({"epoch": e, **values} for e, values in enumerate(epochs))
-        atomic_write(self._file, text.getvalue(), durable=False)
-
-
-def _json_value(value: Any) -> Any:
-    """Non-finite floats become null: NaN and Infinity are not JSON, and strict readers reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+        atomic_write(run_file(trainer, self.path, "metrics.csv", "CSVLogger"), text.getvalue(), durable=False)
 
 
 def _dumps(row: dict[str, Any]) -> str:
-    return json.dumps({k: _json_value(v) for k, v in row.items()}, allow_nan=False) + "\n"
+    """One JSON line. Non-finite floats become null: NaN and Infinity are not JSON, and strict readers reject them."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
@@ -139,11 +130,7 @@ class JSONLLogger(Callback):
         file = run_file(trainer, self.path, "metrics.jsonl", "JSONLLogger")
         step = trainer.state.global_step
         kept = read_jsonl(file) if step > 0 and file.is_file() else []
-        rows = [
-            r
-            for r in kept
-            if r.get("type") in ("step", "validation") and isinstance(r.get("global_step"), int) and r["global_step"] <= step
-        ]
+        rows = [r for r in kept if _is_step_row_until(r, step)]
         rows += [{"type": "epoch", "epoch": e, **logs} for e, logs in enumerate(trainer.history.epochs)]
         rows.sort(key=_row_position)
         atomic_write(file, "".join(_dumps(r) for r in rows), durable=False)
@@ -189,12 +176,15 @@ class JSONLLogger(Callback):
             self._handle = None
 
 
-def _row_position(row: dict[str, Any]) -> tuple[int, int, int]:
-    """Step rows of an epoch, in step order, then that epoch's row."""
+def _is_step_row_until(row: dict[str, Any], step: int) -> bool:
+    """A step or validation row written at `step` or before: part of the run being resumed."""
+    return row.get("type") in ("step", "validation") and isinstance(row.get("global_step"), int) and row["global_step"] <= step
+
+
+def _row_position(row: dict[str, Any]) -> tuple[int, bool, int]:
+    """Step and validation rows of an epoch, in step order, then that epoch's row."""
     epoch = row["epoch"] if isinstance(row.get("epoch"), int) else 0
-    if row.get("type") in ("step", "validation"):
-        return (epoch, 0, row["global_step"])
-    return (epoch, 1, 0)
+    return (epoch, row["type"] == "epoch", row.get("global_step", 0))
 
 
 class TensorBoardLogger(Callback):
@@ -224,8 +214,9 @@ class TensorBoardLogger(Callback):
         self._writer = self._writer_class(log_dir=str(log_dir), purge_step=purge)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        for name, value in _scalars(logs):
-            self._writer.add_scalar(name, value, global_step=trainer.state.epoch)
+        for name, value in logs.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(name, float(value), global_step=trainer.state.epoch)
         self._writer.flush()
 
     def on_fit_end(self, trainer: "Trainer") -> None:
@@ -235,7 +226,3 @@ class TensorBoardLogger(Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _scalars(logs: dict[str, Any]) -> Iterable[tuple[str, float]]:
-    return ((name, float(value)) for name, value in logs.items() if isinstance(value, (int, float)))

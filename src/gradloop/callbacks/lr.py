@@ -9,7 +9,7 @@ from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, resolve_monitor
+from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, monitored_value, resolve_monitor
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -58,26 +58,24 @@ class LRScheduler(Callback):
             raise ValueError(f"monitor={monitor!r} is logged once per epoch: use interval='epoch' with a monitor")
         self._given = scheduler_or_factory
         self.interval = interval
-        self.monitor = monitor
-        self._requested_monitor = monitor
+        self.monitor = self._requested_monitor = monitor  # resolved in on_fit_start (the default may fall back to "loss")
         self.scheduler: Scheduler | None = scheduler_or_factory if _is_scheduler(scheduler_or_factory) else None
         self._step_lrs: list[float] | None = None  # with several param groups: the LRs of the epoch's last step
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self._requested_monitor is not None:
-            self.monitor = resolve_monitor(trainer.log_names, self._requested_monitor, "LRScheduler")
-        if not _is_scheduler(self._given):
-            self.scheduler = self._given(trainer.optimizer)  # type: ignore[operator]
-            if not _is_scheduler(self.scheduler):
-                raise TypeError(f"the LRScheduler factory must return a torch LR scheduler; it returned {type(self.scheduler).__name__}")
-        assert self.scheduler is not None
-        if self.scheduler.optimizer is not trainer.optimizer:
+            self.monitor = resolve_monitor(trainer.log_names, self._requested_monitor, type(self).__name__)
+        scheduler = self._given if _is_scheduler(self._given) else self._given(trainer.optimizer)  # type: ignore[operator]
+        if not _is_scheduler(scheduler):
+            raise TypeError(f"the LRScheduler factory must return a torch LR scheduler; it returned {type(scheduler).__name__}")
+        if scheduler.optimizer is not trainer.optimizer:
             raise ValueError(
                 "the LR scheduler drives another optimizer than the trainer's: pass a factory, "
                 "e.g. LRScheduler(lambda opt: StepLR(opt, step_size=10))"
             )
-        if isinstance(self.scheduler, TorchReduceLROnPlateau) and self.monitor is None:
+        if isinstance(scheduler, TorchReduceLROnPlateau) and self.monitor is None:
             raise ValueError("torch's ReduceLROnPlateau steps with a metric: pass LRScheduler(..., monitor='val_loss')")
+        self.scheduler = scheduler
         self._step_lrs = None
 
     def listens(self, hook: str) -> bool:
@@ -90,26 +88,30 @@ class LRScheduler(Callback):
         self.scheduler.step()
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        if self.interval == "step":
-            _log_group_lrs(logs, self._step_lrs or group_lrs(trainer.optimizer))
-            self._step_lrs = None
-            return
-        _log_group_lrs(logs, group_lrs(trainer.optimizer))
+        lrs = self._step_lrs or group_lrs(trainer.optimizer)  # per step: those the epoch's last step used
+        for i, lr in enumerate(lrs[1:], start=1):
+            logs.setdefault(f"lr_group{i}", lr)  # the first LR callback to log an epoch, before any steps
+        self._step_lrs = None
         assert self.scheduler is not None
-        if self.monitor is not None:
-            self.scheduler.step(_monitored(logs, self.monitor, "LRScheduler"))  # type: ignore[arg-type]
-        else:
+        if self.interval == "step":
+            return
+        if self.monitor is None:
             self.scheduler.step()
+        else:
+            self.scheduler.step(monitored_value(logs, self.monitor, type(self).__name__))  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load(self.scheduler, state)
+        # On resume the trainer calls this after on_fit_start has built the scheduler (and then puts the optimizer's
+        # saved LRs back); a state loaded before the factory has run is dropped, as the next fit starts over.
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
-class ReduceLROnPlateau(Callback):
-    """Multiplies the LR by `factor` when `monitor` stops improving: torch's ReduceLROnPlateau.
+class ReduceLROnPlateau(LRScheduler):
+    """Multiplies the LR by `factor` when `monitor` stops improving: an `LRScheduler` that drives torch's ReduceLROnPlateau.
 
     The scheduler is torch's, with torch's semantics: the LR drops after more than `patience`
     epochs without improvement, then `cooldown` epochs pass before counting again, never below
@@ -146,38 +148,25 @@ class ReduceLROnPlateau(Callback):
         lows = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lows):
             raise ValueError(f"min_lr must be a number >= 0 (or one per param group); received: min_lr={min_lr!r}")
-        self.monitor, self.mode = monitor, mode  # resolved in on_fit_start
-        self._requested = (monitor, mode)
+        super().__init__(self._plateau, monitor=monitor)
+        self.mode = self._requested_mode = mode  # resolved in on_fit_start
         self.factor, self.patience, self.min_delta = float(factor), patience, float(min_delta)
         self.cooldown, self.min_lr = cooldown, min_lr
-        self.scheduler: TorchReduceLROnPlateau | None = None
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        monitor, mode = self._requested
-        self.monitor = resolve_monitor(trainer.log_names, monitor, "ReduceLROnPlateau")
-        self.mode = infer_mode(self.monitor, mode)
-        min_lr = list(self.min_lr) if isinstance(self.min_lr, (list, tuple)) else self.min_lr
-        self.scheduler = TorchReduceLROnPlateau(
-            trainer.optimizer,
+    def _plateau(self, optimizer: torch.optim.Optimizer) -> TorchReduceLROnPlateau:
+        """The factory: `on_fit_start` calls it once `monitor` is resolved."""
+        assert self.monitor is not None
+        self.mode = infer_mode(self.monitor, self._requested_mode)
+        return TorchReduceLROnPlateau(
+            optimizer,
             mode=self.mode,  # type: ignore[arg-type]  # "min" or "max": infer_mode returns nothing else
             factor=self.factor,
             patience=self.patience,
             threshold=self.min_delta,
             threshold_mode="abs",
             cooldown=self.cooldown,
-            min_lr=min_lr,
+            min_lr=list(self.min_lr) if isinstance(self.min_lr, (list, tuple)) else self.min_lr,
         )
-
-    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        _log_group_lrs(logs, group_lrs(trainer.optimizer))
-        assert self.scheduler is not None
-        self.scheduler.step(_monitored(logs, self.monitor, "ReduceLROnPlateau"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load(self.scheduler, state)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
@@ -185,24 +174,5 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
 
 
-def _log_group_lrs(logs: dict[str, float], lrs: list[float]) -> None:
-    for i, lr in enumerate(lrs[1:], start=1):
-        logs.setdefault(f"lr_group{i}", lr)  # the first LR callback to log an epoch, before any steps
-
-
-def _monitored(logs: dict[str, float], monitor: str, owner: str) -> float:
-    if monitor not in logs:
-        raise ValueError(f"{owner} monitors {monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
-    return float(logs[monitor])
-
-
 def _is_scheduler(obj: Any) -> TypeGuard[Scheduler]:
     return isinstance(obj, (TorchLRScheduler, TorchReduceLROnPlateau))
-
-
-def _load(scheduler: Scheduler | None, state: dict[str, Any]) -> None:
-    """Loads a saved scheduler state. On resume the trainer calls this after `on_fit_start` has built
-    the scheduler (and then puts the optimizer's saved LRs back); a state loaded into a callback whose
-    factory has not run yet is dropped, as the next fit then starts over."""
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])

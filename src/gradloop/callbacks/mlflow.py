@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from ..trainer import Trainer
 
 ARTIFACTS = ("config.toml", "metrics.csv", "curves.png")  # run-dir files uploaded at the end, when present
-_BATCH = 100  # MLflow takes at most 100 params per request
 
 
 class MLflowLogger(Callback):
@@ -97,26 +96,25 @@ class MLflowLogger(Callback):
         self._client = self._client_class(tracking_uri=self.tracking_uri)
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
         self._log_epochs([(trainer.state.epoch, logs)])
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if not self._open:
-            self._start(trainer)
+        self._start(trainer)
         self._log_artifacts(trainer)
         self._close("FINISHED")
 
     # ------------------------------------------------------------------ the run
     def _start(self, trainer: "Trainer") -> None:
-        """Creates the run, or reopens the one a resumed checkpoint names; logs what it lacks."""
+        """Creates the run, or reopens the one a resumed checkpoint names; logs what it lacks. Once per fit."""
+        from mlflow.exceptions import MlflowException
+
+        if self._open:
+            return
         client = self._client
-        if client is None:
-            raise ValueError("MLflowLogger.on_fit_start was not called: add the logger to Trainer(callbacks=[...])")
         if self.run_id is None:
             tags = {"gradloop.run_dir": str(trainer.run_dir)} if trainer.run_dir is not None else None
             run = client.create_run(self._experiment_id(), tags=tags, run_name=self.run_name)
@@ -124,7 +122,13 @@ class MLflowLogger(Callback):
             logged: dict[str, str] = {}
             self._logged_epochs = set()
         else:
-            run = self._saved_run()
+            try:
+                run = client.get_run(self.run_id)
+            except MlflowException:
+                raise ValueError(
+                    f"the checkpoint's MLflow run {self.run_id} is not in {client.tracking_uri}: "
+                    "resume with the tracking_uri (and experiment) the run was started with"
+                ) from None
             client.update_run(self.run_id, status="RUNNING")
             logged = dict(run.data.params)
             self._logged_epochs = {int(m.step) for m in client.get_metric_history(self.run_id, "loss")}
@@ -132,17 +136,6 @@ class MLflowLogger(Callback):
         atexit.register(self._end_with_process)
         self._log_params({**trainer_params(trainer), **self.params}, logged)
         self._log_epochs(enumerate(trainer.history.epochs))
-
-    def _saved_run(self) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._client.get_run(self.run_id)
-        except MlflowException:
-            raise ValueError(
-                f"the checkpoint's MLflow run {self.run_id} is not in {self._client.tracking_uri}: "
-                "resume with the tracking_uri (and experiment) the run was started with"
-            ) from None
 
     def _experiment_id(self) -> str:
         name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
@@ -162,8 +155,7 @@ class MLflowLogger(Callback):
         if changed:  # MLflow params cannot change once logged
             print(f"gradloop: MLflow run {self.run_id} keeps its params {', '.join(changed)}", file=sys.stderr)
         new = [Param(key, value) for key, value in values.items() if key not in logged]
-        for start in range(0, len(new), _BATCH):
-            self._client.log_batch(self.run_id, params=new[start : start + _BATCH])
+        self._client.log_batch(self.run_id, params=new)  # in requests of at most 100 params, as the server takes them
 
     def _log_epochs(self, epochs: Iterable[tuple[int, dict[str, Any]]]) -> None:
         from mlflow.entities import Metric
@@ -175,8 +167,7 @@ class MLflowLogger(Callback):
                 continue
             self._logged_epochs.add(epoch)
             metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if _is_number(v)]
-        if metrics:
-            self._client.log_batch(self.run_id, metrics=metrics)
+        self._client.log_batch(self.run_id, metrics=metrics)  # none: no request
 
     def _log_artifacts(self, trainer: "Trainer") -> None:
         if trainer.run_dir is not None:

@@ -26,18 +26,19 @@ def check_monitor(monitor: object, mode: object) -> None:
         raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
 
 
-def check_count(name: str, value: object) -> None:
-    """Patience, cooldown and the like: an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0; received: {name}={value!r}")
+def check_count(name: str, value: object, minimum: int = 0, optional: bool = False) -> None:
+    """Patience, cooldown and the like: an integer >= `minimum` (or None, when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"None or an integer >= {minimum}" if optional else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}; received: {name}={value!r}")
 
 
 def infer_mode(monitor: str, mode: str) -> str:
     """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
     if mode in ("min", "max"):
         return mode
-    if mode != "auto":
-        raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
     words = set(re.split(r"[^a-z0-9]+", monitor.lower().removeprefix("val_").removeprefix("test_")))
     if words & {"loss", "error"}:
         return "min"
@@ -62,6 +63,13 @@ def resolve_monitor(available: Sequence[str], monitor: str, owner: str) -> str:
     raise ValueError(f"{owner} monitors {str(monitor)!r}, which is not logged; available: {', '.join(available)}")
 
 
+def monitored_value(logs: dict[str, float], monitor: str, owner: str) -> float:
+    """The epoch's value of `monitor`; a ValueError that lists the logged names when it is missing."""
+    if monitor not in logs:
+        raise ValueError(f"{owner} monitors {monitor!r}, which is not in this epoch's logs: {', '.join(logs)}")
+    return float(logs[monitor])
+
+
 def is_improvement(current: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
     """Keras's rule: better than `best` by more than `min_delta`; NaN never improves."""
     if math.isnan(current):
@@ -71,4 +79,5 @@ def is_improvement(current: float, best: float, mode: str, min_delta: float = 0.
 
 
 def worst(mode: str) -> float:
-    return math.inf if mode == "min" else -math.inf
+    """The starting best: nothing is worse. Before `mode="auto"` is resolved, that of "min"."""
+    return -math.inf if mode == "max" else math.inf

@@ -39,17 +39,14 @@ def _panels(epochs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     for row in epochs:
         names.update(dict.fromkeys(n for n, v in row.items() if n not in _NOT_PLOTTED and _number(v) is not None))
     panels: dict[str, list[str]] = {"loss": []}
-    lrs = [n for n in names if _is_lr(n)]
     for name in names:
-        if _is_lr(name):
-            continue
-        base = name.split("_", 1)[1] if name.startswith(("val_", "test_")) else name
-        panels.setdefault(base, []).append(name)
-    if not panels["loss"]:
-        del panels["loss"]
+        if not _is_lr(name):
+            base = name.split("_", 1)[1] if name.startswith(("val_", "test_")) else name
+            panels.setdefault(base, []).append(name)
+    lrs = [n for n in names if _is_lr(n)]
     if lrs:
         panels["lr"] = lrs
-    return panels
+    return {title: drawn for title, drawn in panels.items() if drawn}  # no "loss" panel without a loss
 
 
 def _number(value: Any) -> float | None:
@@ -83,8 +80,7 @@ def curves_figure(history_epochs: Sequence[dict[str, Any]]) -> "Figure":
     marker = "o" if len(history_epochs) <= 30 else None
     for i, (title, names) in enumerate(panels.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        positive = True
-        varies = False
+        positive, varies = True, False
         for name in names:
             ys = [_number(r.get(name)) for r in history_epochs]
             values = [math.nan if y is None else y for y in ys]
@@ -102,8 +98,7 @@ def curves_figure(history_epochs: Sequence[dict[str, Any]]) -> "Figure":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(set(x)) == 1:
             ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
-        ax.set_title("learning rate" if title == "lr" else title)
-        ax.set_xlabel("epoch")
+        ax.set(title="learning rate" if title == "lr" else title, xlabel="epoch")
         ax.grid(True, alpha=0.3)
         if len(names) > 1:
             ax.legend()
@@ -126,11 +121,10 @@ def _fixed_margins(fig: "Figure", ncols: int, nrows: int) -> None:
 
 
 def _label(name: str, title: str) -> str:
-    if name.startswith("val_"):
-        return "val"
-    if name.startswith("test_"):
-        return "test"
-    return "train" if title != "lr" else name
+    """ "val", "test" or "train" in a metric's panel; the LR panel's lines keep their names."""
+    if name.startswith(("val_", "test_")):
+        return name.split("_", 1)[0]
+    return name if title == "lr" else "train"
 
 
 def plot_history(history_epochs: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:

@@ -18,15 +18,13 @@ if TYPE_CHECKING:
 
 def format_logs(logs: dict[str, float]) -> str:
     """`loss 0.1234  accuracy 0.9500  lr 0.001  1.2s`: the epoch's logs on one line."""
-    parts = []
-    for name, value in logs.items():
-        if name == "time":
-            parts.append(f"{value:.1f}s")
-        elif name == "lr":
-            parts.append(f"lr {value:.3g}")
-        else:
-            parts.append(f"{name} {value:.4f}")
-    return "  ".join(parts)
+    return "  ".join(_format_value(name, value) for name, value in logs.items())
+
+
+def _format_value(name: str, value: float) -> str:
+    if name == "time":
+        return f"{value:.1f}s"
+    return f"lr {value:.3g}" if name == "lr" else f"{name} {value:.4f}"
 
 
 def _in_notebook() -> bool:
@@ -86,19 +84,15 @@ class ProgressBar(Callback):
     # ------------------------------------------------------------------ the epoch line (always)
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if self._display is not None and self._progress is not None:  # the notebook's bar stays, complete
-            self._progress.update(self._task, completed=self._batches, info=self._info(time.perf_counter() - self._started))
-            self._display.update(self._progress)
+            self._redraw(time.perf_counter())
         self._stop_live()
-        width = len(str(trainer.max_epochs))
-        line = f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}  {format_logs(logs)}"
-        print(line, file=self.stream or sys.stdout, flush=True)
+        print(f"{_epoch_label(trainer)}  {format_logs(logs)}", file=self.stream or sys.stdout, flush=True)
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         self._display = None  # a new fit gets its own display, never the one of an earlier cell
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._stop_live()
-        self._display = None
 
     # ------------------------------------------------------------------ the live bar (terminal)
     def on_epoch_start(self, trainer: "Trainer") -> None:
@@ -106,18 +100,12 @@ class ProgressBar(Callback):
             return
         self._stop_live()  # a bar left over by a fit that raised
         self._progress = _new_progress(None if self.notebook else self.stream or sys.stdout)
-        width = len(str(trainer.max_epochs))
         self._total = getattr(trainer, "batches_per_epoch", None)
         self._batches = self._start_batches = trainer.state.batch_in_epoch  # not 0 when resuming mid-epoch
         self._loss_sum, self._loss_count = 0.0, 0
         self._started = time.perf_counter()
         self._next_refresh = 0.0  # draw at the first batch
-        self._task = self._progress.add_task(
-            f"epoch {trainer.state.epoch + 1:>{width}}/{trainer.max_epochs}",
-            total=self._total,
-            completed=self._batches,
-            info=self._info(0.0),
-        )
+        self._task = self._progress.add_task(_epoch_label(trainer), total=self._total, completed=self._batches, info=self._info(0.0))
         if not self.notebook:
             self._progress.start()
             atexit.register(self._stop_live)  # restores the cursor and stdout/stderr if an exception ends the program
@@ -137,6 +125,9 @@ class ProgressBar(Callback):
         with host_sync_allowed():
             self._loss_sum += float(loss)  # host sync, at most refresh_per_second times a second
         self._loss_count += 1
+        self._redraw(now)
+
+    def _redraw(self, now: float) -> None:
         self._progress.update(self._task, completed=self._batches, info=self._info(now - self._started))
         if self._display is not None:
             self._display.update(self._progress)
@@ -145,8 +136,7 @@ class ProgressBar(Callback):
 
     def _info(self, elapsed: float) -> str:
         """`412/938  loss 0.2345  1,234.5 it/s  ETA 0:03`: one text column (rich redraws tables slowly)."""
-        done = self._batches - self._start_batches
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (self._batches - self._start_batches) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self._batches}/{self._total if self._total is not None else '?'}"]
         if self._loss_count:
             parts.append(f"loss {self._loss_sum / self._loss_count:.4f}")
@@ -162,6 +152,10 @@ class ProgressBar(Callback):
             if not self.notebook:
                 progress.stop()
                 atexit.unregister(self._stop_live)
+
+
+def _epoch_label(trainer: "Trainer") -> str:
+    return f"epoch {trainer.state.epoch + 1:>{len(str(trainer.max_epochs))}}/{trainer.max_epochs}"
 
 
 def _duration(seconds: float) -> str:
