@@ -8,6 +8,7 @@ without targets, as its batches looked (`[x]` or `x`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -180,12 +181,15 @@ class Context:
 
     def forward(self, inputs: Any, train: bool = False) -> torch.Tensor:
         """One forward pass without gradients, in eval mode unless `train`."""
-        with torch.no_grad():
-            if train:
-                self.model.train()
-                return self.model(inputs)
-            with eval_mode(self.model):
-                return self.model(inputs)
+        with torch.no_grad(), self._mode(train):
+            return self.model(inputs)
+
+    def _mode(self, train: bool) -> contextlib.AbstractContextManager[Any]:
+        """Train mode (left on afterwards), or eval mode until the block ends."""
+        if train:
+            self.model.train()
+            return contextlib.nullcontext()
+        return eval_mode(self.model)
 
     # ------------------------------------------------------------------ the loss of a batch
     def loss_of(self, x: Any, y: Any) -> torch.Tensor:
@@ -203,13 +207,8 @@ class Context:
         if self.step is None:
             return self.forward(x, train), y
         self.need_outputs()
-        with torch.no_grad():
-            if train:
-                self.model.train()
-                result = self.run_step(x, y)
-            else:
-                with eval_mode(self.model):
-                    result = self.run_step(x, y)
+        with torch.no_grad(), self._mode(train):
+            result = self.run_step(x, y)
         if result.outputs is None or result.targets is None:
             raise Skip(NO_OUTPUTS)
         return result.outputs, result.targets

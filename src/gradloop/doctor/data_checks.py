@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from ..checks import label_range_problem
+from ..step import describe
 from .context import Context
 from .inputs import Arrays
-from .report import Check, Skip, dtype_of, listed, shape_of
+from .report import Check, Skip, dtype_of, listed
 
 IMBALANCE_RATIO = 5.0  # largest/smallest class count from which training favours the large class noticeably
 # A few shared rows can be natural duplicates (iris has two identical flowers); this many is leakage.
@@ -52,8 +53,8 @@ def _describe(split: Arrays) -> str:
     if split.X is None:
         kind = type(split.raw_batches[0][0]).__name__ if split.raw_batches else "no"
         return f"{split.role}: {len(split.raw_batches)} batches of {kind} inputs{note}"
-    y = f", y {shape_of(split.y)}" if split.y is not None else ""
-    return f"{split.role} X {shape_of(split.X)}{y}{note}"
+    y = f", y {describe(split.y)}" if split.y is not None else ""
+    return f"{split.role} X {describe(split.X)}{y}{note}"
 
 
 def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from ..checks import fit_problem
 from ..step import describe
 from ..util import first_line
 from .context import Context
-from .report import Check, Skip, Status, dtype_of, shape_of
+from .report import Check, Skip, Status, dtype_of
 
 # An untrained model should score about chance; far above it is confidently wrong, far below
 # it knows what it cannot know yet (a label leaking into the inputs, or a broken loss).
@@ -59,7 +59,7 @@ def check_output(ctx: Context) -> Check:
     problem = ctx.fit_error or output_problem(ctx, out, y)
     if problem:
         return Check("model.output", "fail", problem, FIT_ADVICE)
-    return Check("model.output", "pass", f"outputs {shape_of(out)} fit targets {shape_of(y)} for {ctx.loss_name or 'the loss'}")
+    return Check("model.output", "pass", f"outputs {describe(out)} fit targets {describe(y)} for {ctx.loss_name or 'the loss'}")
 
 
 def _check_step_output(ctx: Context) -> Check:
@@ -76,7 +76,7 @@ def _check_step_output(ctx: Context) -> Check:
     if problem:
         return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.loss_fn is not None else FIT_ADVICE)
     judged = f"for {ctx.loss_name or 'the loss'}" if ctx.loss_fn is not None else "in number of samples (no loss given to judge them by)"
-    return Check("model.output", "pass", f"the step's outputs {shape_of(out)} fit its targets {shape_of(targets)} {judged}")
+    return Check("model.output", "pass", f"the step's outputs {describe(out)} fit its targets {describe(targets)} {judged}")
 
 
 def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
@@ -94,7 +94,7 @@ def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
                 )
         if out.shape[0] != y.shape[0]:
             return (
-                f"the step returns outputs {shape_of(out)} but targets {shape_of(y)}: return one row of each per sample "
+                f"the step returns outputs {describe(out)} but targets {describe(y)}: return one row of each per sample "
                 "(what metrics compare)"
             )
         if ctx.loss_fn is None:
@@ -109,11 +109,11 @@ def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
         loss = ctx.loss_fn(out, y)
     except Exception as err:
         return (
-            f"the loss fails on outputs {shape_of(out)} and targets {shape_of(y)}: {type(err).__name__}: {first_line(err)}; "
+            f"the loss fails on outputs {describe(out)} and targets {describe(y)}: {type(err).__name__}: {first_line(err)}; "
             "make the outputs and targets fit the loss (see its documentation)"
         )
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = shape_of(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        got = describe(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
         return f"the loss returns {got}, not a scalar: reduce it to a scalar, e.g. with .mean()"
     return None
 

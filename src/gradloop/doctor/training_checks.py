@@ -4,6 +4,7 @@ step's, with a step, as training computes it."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -138,50 +139,40 @@ def check_nan_origin(ctx: Context) -> Check:
     )
 
 
-class _hooks:
+@contextlib.contextmanager
+def _hooks(model: nn.Module, trace: _Trace) -> Iterator[None]:
     """Forward hooks that note non-finite outputs, and tensor hooks that note non-finite gradients
     of each module's inputs and outputs. Removed on exit, whatever happened."""
+    names = {module: name for name, module in model.named_modules()}
+    stack: list[str] = []  # modules whose forward() is running, outermost first
 
-    def __init__(self, model: nn.Module, trace: _Trace) -> None:
-        self.model, self.trace = model, trace
-        self.handles: list[Any] = []
-        self.stack: list[str] = []  # modules whose forward() is running, outermost first
-
-    def __enter__(self) -> None:
-        for name, module in self.model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._pre(name)))
-            self.handles.append(module.register_forward_hook(self._post(name)))
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _pre(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any) -> None:
-            self.stack.append(name)
-            for tensor in _tensors(inputs):
-                self._watch_grad(tensor, name, "in")
-
-        return hook
-
-    def _post(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self.stack and self.stack[-1] == name:
-                self.stack.pop()
-            outputs = list(_tensors(output))
-            if not all(_finite(t) for t in outputs):
-                caller = self.stack[-1] if self.stack else ""
-                self.trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), caller))
-            for tensor in outputs:
-                self._watch_grad(tensor, name, "out")
-
-        return hook
-
-    def _watch_grad(self, tensor: torch.Tensor, name: str, kind: str) -> None:
+    def watch_grad(tensor: torch.Tensor, name: str, kind: str) -> None:
         if tensor.requires_grad:
             key = id(tensor)
-            tensor.register_hook(lambda g: self.trace.backward.append((key, name, kind, _finite(g))))
+            tensor.register_hook(lambda g: trace.backward.append((key, name, kind, _finite(g))))
+
+    def pre(module: nn.Module, inputs: Any) -> None:
+        stack.append(names[module])
+        for tensor in _tensors(inputs):
+            watch_grad(tensor, names[module], "in")
+
+    def post(module: nn.Module, inputs: Any, output: Any) -> None:
+        name = names[module]
+        if stack and stack[-1] == name:
+            stack.pop()
+        outputs = list(_tensors(output))
+        if not all(_finite(t) for t in outputs):
+            trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), stack[-1] if stack else ""))
+        for tensor in outputs:
+            watch_grad(tensor, name, "out")
+
+    handles = [module.register_forward_pre_hook(pre) for module in names]
+    handles += [module.register_forward_hook(post) for module in names]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _backward_origin(model: nn.Module, trace: _Trace) -> str | None:
