@@ -166,8 +166,7 @@ def lr_find(
         raise ValueError(f"need 0 < start_lr < end_lr; received: start_lr={start_lr!r}, end_lr={end_lr!r}")
     run.positive_int("num_steps", num_steps)
     check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
-    settings = Settings(seed=seed)
-    with run.session(model, data, loss, None, optimizer, None, batch_size, device, settings, step) as ctx:
+    with run.session(model, data, loss, None, optimizer, None, batch_size, device, Settings(seed=seed), step) as ctx:
         if ctx.load_error is not None:
             raise ValueError(ctx.load_error)
         if step is not None and ctx.probe_error is not None:  # there is no model.output to see here
@@ -175,10 +174,8 @@ def lr_find(
         try:
             result = range_test(ctx, float(start_lr), float(end_lr), num_steps, smoothing)
             result.current_lr = current_lr(ctx)
-        except Skip as reason:
+        except (Skip, StepError) as reason:
             raise ValueError(f"the LR range test cannot run: {reason}") from None
-        except StepError as err:
-            raise ValueError(f"the LR range test cannot run: {err}") from None
     if plot is not None:
         result.plot(plot)
     return result

@@ -45,8 +45,6 @@ class Settings:
     overfit_samples: int = 32
     overfit_lr: float = 3e-3
     lr_find_steps: int = 100
-    lr_find_start: float = 1e-7
-    lr_find_end: float = 10.0
     max_samples: int = 100_000
     seed: int | None = 0
 

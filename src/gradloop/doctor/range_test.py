@@ -32,6 +32,7 @@ from .report import Check, Skip
 DIVERGE = 4.0  # smoothed loss above this many times its minimum: diverged
 NO_PROGRESS = 0.9  # best smoothed loss above this share of the starting loss: it never learned
 RULE = "lr at the minimum of the smoothed loss / 10"
+START_LR, END_LR = 1e-7, 10.0  # the range train.lr_find tests (lr_find's defaults)
 
 
 @dataclass
@@ -175,29 +176,29 @@ def current_lr(ctx: Context) -> float | None:
 
 
 def check_lr(ctx: Context) -> Check:
-    settings = ctx.settings
-    result = range_test(ctx, settings.lr_find_start, settings.lr_find_end, settings.lr_find_steps)
-    result.current_lr = current_lr(ctx)
+    result = range_test(ctx, START_LR, END_LR, ctx.settings.lr_find_steps)
+    yours = result.current_lr = current_lr(ctx)
     ctx.lr_result = result
-    yours = result.current_lr
     if result.suggestion is None:
         return Check(
             "train.lr_find",
             "warn",
             f"the loss did not fall below {100 * NO_PROGRESS:.0f}% of its start at any LR "
-            f"from {settings.lr_find_start:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
+            f"from {START_LR:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
             "the model does not learn at any rate: see train.overfit and train.gradients",
         )
     evidence = f"loss lowest at lr {result.min_loss_lr:.2g}"
     if result.diverged_lr is not None:
         evidence += f", diverges from {result.diverged_lr:.2g}"
     evidence += f"; suggested lr {result.suggestion:.2g} (min-loss lr / 10)"
-    evidence += f"; current lr {yours:.2g}" if yours is not None else ""
+    if yours is None:
+        return Check("train.lr_find", "pass", evidence)
+    evidence += f"; current lr {yours:.2g}"
     use = f"use lr={result.suggestion:.2g} (see lr_find.png)"
-    if yours is not None and result.diverged_lr is not None and yours >= result.diverged_lr:
+    if result.diverged_lr is not None and yours >= result.diverged_lr:
         return Check("train.lr_find", "fail", evidence + ": training at the current lr diverges", use)
-    if yours is not None and result.min_loss_lr is not None and yours > result.min_loss_lr:
+    if result.min_loss_lr is not None and yours > result.min_loss_lr:
         return Check("train.lr_find", "warn", evidence + ": the current lr is past the loss minimum, close to divergence", use)
-    if yours is not None and yours < result.suggestion / 1000:
+    if yours < result.suggestion / 1000:
         return Check("train.lr_find", "warn", evidence + ": the current lr is over 1000x below it, training will be slow", use)
     return Check("train.lr_find", "pass", evidence)

@@ -58,10 +58,8 @@ def session(
     positive_int("batch_size", batch_size)
     if step is not None and not callable(step):
         raise TypeError(f"step must be a function (model, batch) -> loss or dict with 'loss'; received: step={step!r}")
-    loss_fn: LossFn | None = None
-    loss_name: str | None = None
-    if loss is not None or step is None:  # without a step, loss=None is refused by resolve_loss
-        loss_fn, loss_name = resolve_loss(loss)  # type: ignore[arg-type]  # a loss module of a known class has its name
+    # Without a step, loss=None is refused by resolve_loss; a loss module of a known class has its name.
+    loss_fn, loss_name = resolve_loss(loss) if loss is not None or step is None else (None, None)
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         torch.cuda.init()  # the checks draw CUDA random numbers: its states must be saved even when seed is None
@@ -142,14 +140,8 @@ def _probe(ctx: Context) -> None:
     train = ctx.train
     if train is None:
         return
-    y: Any = None
     if train.X is not None:
-        finite = (
-            torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1)
-            if train.X.is_floating_point()
-            else torch.ones(train.X.shape[0], dtype=torch.bool)
-        )
-        rows = finite.nonzero().reshape(-1)[:2]
+        rows = _finite_rows(train.X).nonzero().reshape(-1)[:2]
         if rows.numel() == 0:
             return
         x: Any = train.X[rows].to(ctx.device)
@@ -176,16 +168,21 @@ def _select_usable(ctx: Context) -> None:
     if X.shape[0] != y.shape[0]:
         ctx.usable, ctx.excluded = torch.zeros(0, dtype=torch.long), "X and y differ in length (see data.shapes)"
         return
-    keep = torch.ones(X.shape[0], dtype=torch.bool)
-    if X.is_floating_point():
-        keep &= torch.isfinite(X.reshape(X.shape[0], -1)).all(dim=1)
+    keep = _finite_rows(X)
     if y.is_floating_point():
-        keep &= torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1)
+        keep &= _finite_rows(y)
     elif ctx.loss_name in CLASS_INDEX_LOSSES and ctx.n_outputs is not None:
         labels = y.reshape(y.shape[0], -1)
         keep &= ((labels >= 0) & (labels < ctx.n_outputs)).all(dim=1)
     ctx.usable = keep.nonzero().reshape(-1)
     ctx.excluded = "every row has NaN/Inf or a label outside the model's outputs (see data.finite, data.labels)"
+
+
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """Which rows hold no NaN/Inf (every row of an integer tensor)."""
+    if not t.is_floating_point():
+        return torch.ones(t.shape[0], dtype=torch.bool)
+    return torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
 
 
 def _check_fit(ctx: Context) -> None:
@@ -254,14 +251,7 @@ def make_settings(
         raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={overfit_lr!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-    return Settings(
-        overfit_steps=overfit_steps,
-        overfit_samples=overfit_samples,
-        overfit_lr=float(overfit_lr),
-        lr_find_steps=lr_find_steps,
-        max_samples=max_samples,
-        seed=seed,
-    )
+    return Settings(overfit_steps, overfit_samples, float(overfit_lr), lr_find_steps, max_samples, seed)
 
 
 def positive_int(name: str, value: Any) -> None:
