@@ -42,8 +42,10 @@ _BOUNDS = {
 
 def check_output(ctx: Context) -> Check:
     train = ctx.need_data()
-    if ctx.step is not None:
-        return _check_step_output(ctx)
+    if ctx.probe_error is not None and ctx.step is not None:
+        return Check(
+            "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
+        )
     if ctx.probe_error is not None:
         x, _ = (train.X, None) if train.X is not None else train.raw_batches[0]
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -54,27 +56,13 @@ def check_output(ctx: Context) -> Check:
     if ctx.usable is not None and ctx.usable.numel() == 0:
         raise Skip(f"no training row is usable: {ctx.excluded}")
     x, y = ctx.batch(ctx.batch_size)
-    out = ctx.forward(x)
-    # fit_error was found on two rows, the sample Trainer.fit checks: the same message as the Trainer's.
-    problem = ctx.fit_error or output_problem(ctx, out, y)
-    if problem:
-        return Check("model.output", "fail", problem, FIT_ADVICE)
-    return Check("model.output", "pass", f"outputs {describe(out)} fit targets {describe(y)} for {ctx.loss_name or 'the loss'}")
-
-
-def _check_step_output(ctx: Context) -> Check:
-    if ctx.probe_error is not None:
-        return Check(
-            "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
-        )
-    if ctx.usable is not None and ctx.usable.numel() == 0:
-        raise Skip(f"no training row is usable: {ctx.excluded}")
-    ctx.need_outputs()
-    x, y = ctx.batch(ctx.batch_size)
     out, targets = ctx.outputs_of(x, y)
+    # fit_error was found on two rows, the sample Trainer.fit checks: the same message as the Trainer's.
     problem = ctx.fit_error or output_problem(ctx, out, targets)
     if problem:
-        return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.loss_fn is not None else FIT_ADVICE)
+        return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.step is not None and ctx.loss_fn is not None else FIT_ADVICE)
+    if ctx.step is None:
+        return Check("model.output", "pass", f"outputs {describe(out)} fit targets {describe(y)} for {ctx.loss_name or 'the loss'}")
     judged = f"for {ctx.loss_name or 'the loss'}" if ctx.loss_fn is not None else "in number of samples (no loss given to judge them by)"
     return Check("model.output", "pass", f"the step's outputs {describe(out)} fit its targets {describe(targets)} {judged}")
 
@@ -136,10 +124,6 @@ def _last_module(ctx: Context, x: Any, y: Any) -> tuple[str, nn.Module | None, A
         if result is out:
             return name, module, out, y
     return "", None, out, y
-
-
-def _loss_fit(status: Status, message: str, advice: str = "") -> Check:
-    return Check("model.loss_fit", status, message, advice)
 
 
 def check_loss_fit(ctx: Context) -> Check:
@@ -225,18 +209,19 @@ def check_loss_fit(ctx: Context) -> Check:
     }
     if loss in rules:
         _, status, message, fix = next(rule for rule in rules[loss] if rule[0])
-        return _loss_fit(status, message, fix)
+        return Check("model.loss_fit", status, message, fix)
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
-        return _loss_fit(
+        return Check(
+            "model.loss_fit",
             "fail",
             f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
             f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
             "remove the final activation for a regression target (or rescale the targets into its range)",
         )
-    return _loss_fit("pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
+    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
 
 
 def check_initial_loss(ctx: Context) -> Check:
@@ -303,12 +288,12 @@ def check_train_eval(ctx: Context) -> Check:
     if not all(isinstance(t, torch.Tensor) for t in (first, second, training)):
         raise Skip("the model does not return a tensor (see model.output)")
     tolerance = 1e-5 * (1 + float(first.abs().max()))
-    if float((first - second).abs().max()) > tolerance:
+    jitter = float((first - second).abs().max())
+    if jitter > tolerance:
         return Check(
             "model.train_eval",
             "warn",
-            f"eval-mode outputs change between two identical calls (max difference "
-            f"{float((first - second).abs().max()):.3g}): something random runs in eval mode",
+            f"eval-mode outputs change between two identical calls (max difference {jitter:.3g}): something random runs in eval mode",
             "use nn.Dropout modules, or pass training=self.training to F.dropout",
         )
     difference = float((training - first).abs().max())
