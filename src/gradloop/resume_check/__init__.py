@@ -34,7 +34,7 @@ import torch
 from ..callbacks.base import CallbackList
 from ..trainer import Trainer
 from ..util import preserved_rng, rng_state, set_rng_state
-from .compare import first_divergence, state_differences, tensor_diff
+from .compare import first_divergence, leaf_differences, state_differences
 from .recording import Interrupted, Recorder
 from .report import Difference, ResumeCheckResult, summarize
 
@@ -95,9 +95,7 @@ def check_resume(
         runs.fit(resumed, resumed_record, train, {**fit_args, "resume": "last"})  # finds that file, as a requeued job would
 
         differences = first_divergence(straight_record.records, first_record.records + resumed_record.records)
-        names = [name for name, _ in straight.model.named_parameters()]
-        optimizer_names = _optimizer_param_names(straight)
-        differences += state_differences(straight.state_dict(), resumed.state_dict(), optimizer_names or names)
+        differences += state_differences(straight.state_dict(), resumed.state_dict(), _optimizer_param_names(straight))
         return summarize(differences, total, stop, first_record.stopped_where)
 
 
@@ -119,20 +117,18 @@ class _Runs:
         trainer.run_dir = self.folder / run_dir
         if self.steps is not None:
             trainer.max_steps, trainer.max_epochs = self.steps, self.steps  # every epoch takes at least one step
-        recorder = Recorder(phase, stop_at, checkpoint)
+        recorder = Recorder(trainer, phase, stop_at, checkpoint)
         trainer.callbacks = CallbackList([*trainer.callbacks, recorder], rank_zero=trainer.callbacks.rank_zero)
         return trainer, recorder
 
     def fit(self, trainer: Trainer, recorder: Recorder, train: Any, fit_args: dict[str, Any]) -> bool:
         """Runs `trainer.fit`; False when it ended before its recorder's interruption point."""
-        recorder.attach(trainer)
         set_rng_state(self.start)
         try:
-            trainer.fit(train, **fit_args)
+            with recorder.hooked():
+                trainer.fit(train, **fit_args)
         except Interrupted:
             return True
-        finally:
-            recorder.detach()
         return recorder.stop_at is None
 
 
@@ -147,14 +143,7 @@ def _setup_differences(straight: Trainer, first: Trainer, initial: dict[str, tor
     if type(first.optimizer) is not type(straight.optimizer):
         kinds = f"{type(straight.optimizer).__name__} vs {type(first.optimizer).__name__}"
         return [Difference("setup", "the optimizer", "the start", detail=kinds)]
-    found = []
-    current = first.model.state_dict()
-    for name in dict.fromkeys([*initial, *current]):
-        if name not in initial or name not in current:
-            found.append(Difference("initial weights", name, "the start", detail="present in one model only"))
-        elif not torch.equal(initial[name], current[name].detach().to(initial[name].device)):
-            found.append(Difference("initial weights", name, "the start", tensor_diff(initial[name], current[name])))
-    return found
+    return leaf_differences("initial weights", initial, first.model.state_dict(), "", "the start")
 
 
 def _early_end(straight: Recorder, first: Recorder, trainer: Trainer, stop: int) -> list[Difference]:
