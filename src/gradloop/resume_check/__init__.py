@@ -25,6 +25,7 @@ outputs (the check's own sync; training itself does not pay it).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -88,8 +89,8 @@ def check_resume(
         setup = _setup_differences(straight, first, initial)
         if setup:
             return summarize(setup, total, stop, None)
-        interrupted = runs.fit(first, first_record, train, fit_args)
-        if not interrupted:
+        runs.fit(first, first_record, train, fit_args)
+        if first_record.stopped_where is None:  # it ended before its interruption point
             return summarize(_early_end(straight_record, first_record, first, stop), total, stop, None)
         resumed, resumed_record = runs.make("after the resume", "interrupted")
         runs.fit(resumed, resumed_record, train, {**fit_args, "resume": "last"})  # finds that file, as a requeued job would
@@ -121,15 +122,11 @@ class _Runs:
         trainer.callbacks = CallbackList([*trainer.callbacks, recorder], rank_zero=trainer.callbacks.rank_zero)
         return trainer, recorder
 
-    def fit(self, trainer: Trainer, recorder: Recorder, train: Any, fit_args: dict[str, Any]) -> bool:
-        """Runs `trainer.fit`; False when it ended before its recorder's interruption point."""
+    def fit(self, trainer: Trainer, recorder: Recorder, train: Any, fit_args: dict[str, Any]) -> None:
+        """Runs `trainer.fit` up to its end or its recorder's interruption point."""
         set_rng_state(self.start)
-        try:
-            with recorder.hooked():
-                trainer.fit(train, **fit_args)
-        except Interrupted:
-            return True
-        return recorder.stop_at is None
+        with contextlib.suppress(Interrupted), recorder.hooked():
+            trainer.fit(train, **fit_args)
 
 
 def _interruption_step(total: int, epoch_ends: list[int]) -> int:

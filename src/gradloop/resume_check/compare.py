@@ -41,7 +41,7 @@ def _differing(a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint], where
         x, y = a.get(name), b.get(name)
         if x is None or y is None:
             found.append(Difference(kind, named, where, detail="present in one run only"))
-        elif not x.same_as(y):
+        elif x != y:
             shapes = f"shape {x.shape} vs {y.shape}" if x.shape != y.shape else ""
             size = tensor_diff(x.copy, y.copy) if x.copy is not None and y.copy is not None else None
             found.append(Difference(kind, named, where, size, shapes))
@@ -123,7 +123,7 @@ def leaf_differences(kind: str, a: Any, b: Any, path: str, where: str = AT_END) 
 def _same(a: Any, b: Any) -> bool:
     """Bit-identical: tensors by bytes, floats with NaN equal to NaN, containers element by element."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return fingerprint(a, keep=False).same_as(fingerprint(b, keep=False))
+        return fingerprint(a, keep=False) == fingerprint(b, keep=False)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

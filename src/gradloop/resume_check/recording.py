@@ -34,10 +34,7 @@ class Fingerprint:
     shape: tuple[int, ...]
     dtype: torch.dtype
     digest: bytes
-    copy: torch.Tensor | None = field(default=None, compare=False)  # None once the run's budget is spent
-
-    def same_as(self, other: "Fingerprint") -> bool:
-        return (self.shape, self.dtype, self.digest) == (other.shape, other.dtype, other.digest)
+    copy: torch.Tensor | None = field(default=None, compare=False)  # None once the run's budget is spent; == ignores it
 
 
 def fingerprint(tensor: torch.Tensor, keep: bool) -> Fingerprint:
