@@ -91,8 +91,7 @@ class Context:
 
     def reset(self) -> None:
         self.initial.restore(self.model)
-        for param in self.model.parameters():
-            param.grad = None
+        self.model.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ data access
     def need_data(self) -> Arrays:
@@ -119,9 +118,12 @@ class Context:
         return self.train
 
     def need_labels(self) -> Arrays:
+        """The training split with tensor inputs and targets; with a step, only when it returns outputs and
+        targets (the loss describes those: without them the labels' kind is unknown)."""
         train = self.need_inputs()
         if train.y is None:
             raise Skip("the training data has no targets (see data.shapes)")
+        self.need_outputs()
         return train
 
     def need_model_batch(self) -> None:
@@ -145,8 +147,7 @@ class Context:
         so sorted data does not give a one-class batch). Raw loader batches: the first one."""
         train = self.need_data()
         if train.X is None:
-            x, y = train.raw_batches[0]
-            return to_device(x, self.device), to_device(y, self.device)
+            return to_device(train.raw_batches[0], self.device)
         rows = self._rows()[:n]
         return train.X[rows].to(self.device), _rows_of(train.y, rows, self.device)
 
@@ -155,8 +156,8 @@ class Context:
         train = self.need_data()
         if train.X is None:
             while True:
-                for x, y in train.raw_batches:
-                    yield to_device(x, self.device), to_device(y, self.device)
+                for batch in train.raw_batches:
+                    yield to_device(batch, self.device)
         generator = torch.Generator().manual_seed(self.settings.seed or 0)
         usable = self._usable()
         n = min(n, usable.numel())

@@ -110,14 +110,12 @@ def check_finite(ctx: Context) -> Check:
 
 
 def _first_feature(row_mask: torch.Tensor) -> str:
-    index = int(row_mask.reshape(-1).nonzero()[0])
-    position = np.unravel_index(index, tuple(row_mask.shape)) if row_mask.ndim > 1 else (index,)
-    return f", feature {position[0] if len(position) == 1 else tuple(int(p) for p in position)}"
+    position = tuple(int(i) for i in torch.atleast_1d(row_mask).nonzero()[0])  # the first in row-major order
+    return f", feature {position[0] if len(position) == 1 else position}"
 
 
 def check_labels(ctx: Context) -> Check:
     train = ctx.need_labels()
-    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     task = ctx.task
     if task not in ("classification", "binary"):
         raise Skip(
@@ -170,7 +168,6 @@ def _check_binary_targets(ctx: Context) -> Check:
 
 def check_balance(ctx: Context) -> Check:
     train = ctx.need_labels()
-    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     y = train.y
     assert y is not None
     if ctx.task == "classification":
@@ -207,8 +204,7 @@ def check_balance(ctx: Context) -> Check:
         )
     if ratio >= IMBALANCE_RATIO:
         total, k = sum(counts), len(counts)
-        weights = ", ".join(f"{total / (k * c):.3g}" for c in counts)
-        hint = weight_hint.format(weights) if "{}" in weight_hint else weight_hint
+        hint = weight_hint.format(", ".join(f"{total / (k * c):.3g}" for c in counts))
         return Check(
             "data.balance",
             "warn",

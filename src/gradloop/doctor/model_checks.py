@@ -47,7 +47,7 @@ def check_output(ctx: Context) -> Check:
             "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
         )
     if ctx.probe_error is not None:
-        x, _ = (train.X, None) if train.X is not None else train.raw_batches[0]
+        x = train.X if train.X is not None else train.raw_batches[0][0]
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
         advice = "make the model's first layer accept these inputs (e.g. nn.Linear(in_features=...), nn.Flatten() before it)"
         if isinstance(x, torch.Tensor) and not x.is_floating_point():

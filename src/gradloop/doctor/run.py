@@ -147,7 +147,7 @@ def _probe(ctx: Context) -> None:
         x: Any = train.X[rows].to(ctx.device)
         y = train.y[rows].to(ctx.device) if train.y is not None else None
     else:
-        x, y = (to_device(part, ctx.device) for part in train.raw_batches[0])
+        x, y = to_device(train.raw_batches[0], ctx.device)
     if ctx.step is not None:
         with torch.no_grad(), eval_mode(ctx.model):
             result = ctx.run_step(x, y)
