@@ -27,6 +27,7 @@ STEP_FIT_ADVICE = (
     "return outputs and targets that fit the loss named by loss=... (the one they are judged by), or pass loss=None "
     "to the doctor; the checks that train are skipped until it is fixed"
 )
+NO_LOSS = "no loss says what the step's outputs are (pass loss=...)"  # a step with loss=None
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _BOUNDS = {
@@ -130,7 +131,7 @@ def check_loss_fit(ctx: Context) -> Check:
     ctx.need_model_batch()
     ctx.need_outputs()
     if ctx.loss_name is None:
-        raise Skip(_unknown_loss(ctx, "the expected output range is unknown", "a custom loss: the expected output range is unknown"))
+        raise Skip(f"{'a custom loss' if ctx.loss_fn is not None else NO_LOSS}: the expected output range is unknown")
     x, y = ctx.batch(ctx.batch_size)
     name, last, out, y = _last_module(ctx, x, y)
     if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not bool(torch.isfinite(out).all()):
@@ -228,7 +229,7 @@ def check_initial_loss(ctx: Context) -> Check:
     ctx.need_model_batch()
     ctx.need_outputs()
     if ctx.loss_fn is None:
-        raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
+        raise Skip(f"{NO_LOSS}: no chance level is known")
     x, y = ctx.batch(CHANCE_SAMPLES)
     out, y = ctx.outputs_of(x, y)
     with torch.no_grad():
@@ -274,7 +275,7 @@ def _chance(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[float, st
         mean = (targets if targets is not None else y).float().mean(0).to(y.device)
         with torch.no_grad():
             return float(ctx.loss_fn(mean.expand_as(y).to(out.dtype), y)), "predicting mean(y)"
-    raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
+    raise Skip("no chance level is known for a custom loss")
 
 
 def check_train_eval(ctx: Context) -> Check:
@@ -316,13 +317,6 @@ def check_train_eval(ctx: Context) -> Check:
     return Check(
         "model.train_eval", "pass", "train- and eval-mode outputs agree" + (" (no dropout or batch-norm module)" if not explained else "")
     )
-
-
-def _unknown_loss(ctx: Context, what: str, custom: str) -> str:
-    """Why a check needs a known loss: none was given (a step with loss=None), or it is the user's own."""
-    if ctx.loss_fn is None:
-        return f"no loss says what the step's outputs are (pass loss=...): {what}"
-    return custom
 
 
 def _mode_dependent(module: nn.Module) -> bool:
