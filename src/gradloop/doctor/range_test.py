@@ -85,7 +85,8 @@ class LRFindResult:
 
 
 def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
-    """A fresh optimizer of the user's kind over the working copy's parameters, at `lr` if given."""
+    """A fresh optimizer of the user's kind over the working copy's parameters; `lr` is the one a name is
+    built with (None: its default). The range test sets every step's lr itself."""
     spec = ctx.optimizer
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     if not params:
@@ -95,17 +96,12 @@ def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
         for group in spec.param_groups:
             mapped = [ctx.param_map[id(p)] for p in group["params"] if id(p) in ctx.param_map]
             if mapped:
-                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": mapped})
+                groups.append({**group, "params": mapped})
         try:
-            optimizer = type(spec)(groups or params, **spec.defaults)
+            return type(spec)(groups or params, **spec.defaults)
         except TypeError:  # a custom optimizer whose defaults are not its arguments
-            optimizer = type(spec)(groups or params)
-    else:  # a name or a factory: built as the Trainer builds it
-        optimizer = build_optimizer(spec, ctx.model, lr if lr is not None else ctx.lr)
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-    return optimizer
+            return type(spec)(groups or params)
+    return build_optimizer(spec, ctx.model, lr)  # a name or a factory: built as the Trainer builds it
 
 
 def range_test(ctx: Context, start_lr: float, end_lr: float, num_steps: int, smoothing: float | None = None) -> LRFindResult:
@@ -148,11 +144,9 @@ def range_test(ctx: Context, start_lr: float, end_lr: float, num_steps: int, smo
 
 
 def _result(lrs: list[float], losses: list[float], smoothed: list[float], diverged: float | None) -> LRFindResult:
-    finite = np.array([v if math.isfinite(v) else np.inf for v in smoothed])
-    if not np.isfinite(finite).any():
-        return LRFindResult(lrs, losses, smoothed, None, diverged_lr=diverged)
+    finite = np.array([v if math.isfinite(v) else np.inf for v in smoothed])  # the first is finite: range_test skips otherwise
     lowest = int(np.argmin(finite))
-    start = float(np.mean([v for v in losses[:3] if math.isfinite(v)] or [finite[0]]))
+    start = float(np.mean([v for v in losses[:3] if math.isfinite(v)]))
     steepest = None
     if lowest >= 2:
         slopes = np.gradient(finite[: lowest + 1], np.log(lrs[: lowest + 1]))
