@@ -118,11 +118,8 @@ def check_labels(ctx: Context) -> Check:
     train = ctx.need_labels()
     task = ctx.task
     if task not in ("classification", "binary"):
-        raise Skip(
-            "targets are "
-            + ("class probabilities" if task == "probabilities" else "not class labels")
-            + ", so there is no label range to check"
-        )
+        kind = "class probabilities" if task == "probabilities" else "not class labels"
+        raise Skip(f"targets are {kind}, so there is no label range to check")
     if task == "binary":
         return _check_binary_targets(ctx)
     if ctx.n_outputs is None:

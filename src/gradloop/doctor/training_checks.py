@@ -212,8 +212,7 @@ def check_overfit(ctx: Context) -> Check:
         raise Skip("the initial loss is not finite (see train.nan_origin)")
     optimizer = torch.optim.Adam(params, lr=settings.overfit_lr)
     ctx.model.train()
-    steps = 0
-    for steps in range(1, settings.overfit_steps + 1):
+    for steps in range(1, settings.overfit_steps + 1):  # overfit_steps >= 1: steps is always set
         optimizer.zero_grad(set_to_none=True)
         loss = ctx.loss_of(x, y)
         loss.backward()
