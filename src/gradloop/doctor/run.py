@@ -188,14 +188,10 @@ def _finite_rows(t: torch.Tensor) -> torch.Tensor:
 def _check_fit(ctx: Context) -> None:
     """Whether the outputs on two usable rows fit the targets and the loss: if not, the checks that
     train or compare losses are skipped rather than all failing with the same error."""
-    train = ctx.train
-    if ctx.probe_error is not None or train is None or ctx.load_error is not None:
-        return
-    if ctx.step is not None and not ctx.step_outputs:
-        return  # nothing to compare: the step's loss is all there is
-    if ctx.step is None and not train.has_targets:
-        return
-    if ctx.usable is not None and ctx.usable.numel() == 0:
+    try:  # nothing to compare where the checks skip anyway (fit_error itself is still None here)
+        ctx.need_model_batch()
+        ctx.need_outputs()  # a step without outputs: its loss is all there is
+    except Skip:
         return
     x, y = ctx.batch(2)  # two rows, as Trainer.fit checks: the same problem in the same words
     ctx.fit_error = model_checks.output_problem(ctx, *ctx.outputs_of(x, y))
