@@ -178,11 +178,6 @@ class Context:
             self._order = usable[torch.randperm(usable.numel(), generator=generator)]
         return self._order
 
-    def forward(self, inputs: Any, train: bool = False) -> torch.Tensor:
-        """One forward pass without gradients, in eval mode unless `train`."""
-        with torch.no_grad(), self._mode(train):
-            return self.model(inputs)
-
     def _mode(self, train: bool) -> contextlib.AbstractContextManager[Any]:
         """Train mode (left on afterwards), or eval mode until the block ends."""
         if train:
@@ -204,7 +199,8 @@ class Context:
         """`(outputs, targets)` of a batch without gradients, in eval mode unless `train`: the step's
         "outputs" and "targets" (Skip when it returns none), else `(model(x), y)`."""
         if self.step is None:
-            return self.forward(x, train), y
+            with torch.no_grad(), self._mode(train):
+                return self.model(x), y
         self.need_outputs()
         with torch.no_grad(), self._mode(train):
             result = self.run_step(x, y)

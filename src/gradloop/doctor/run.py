@@ -154,7 +154,7 @@ def _probe(ctx: Context) -> None:
         ctx.step_outputs = result.outputs is not None and result.targets is not None
         out = result.outputs
     else:
-        out = ctx.forward(x)
+        out, _ = ctx.outputs_of(x, y)
     if isinstance(out, torch.Tensor):
         ctx.n_outputs = int(out.shape[1]) if out.ndim >= 2 else 1
 

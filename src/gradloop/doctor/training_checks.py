@@ -41,7 +41,7 @@ def check_gradients(ctx: Context) -> Check:
     loss.backward()
     missing = [n for n, p in trainable if p.grad is None]
     broken = [n for n, p in trainable if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-    zero = [n for n, p in trainable if p.grad is not None and n not in broken and not bool(p.grad.any())]
+    zero = [n for n, p in trainable if p.grad is not None and not bool(p.grad.any())]  # (NaN counts as non-zero)
     frozen_note = f"; frozen (requires_grad=False): {listed(frozen)}" if frozen else ""
     problems = [
         f"{what}: {listed(names)}"
