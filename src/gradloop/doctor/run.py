@@ -19,7 +19,7 @@ from ..names.optim import OptimizerSpec
 from ..step import StepFn
 from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
-from .context import Context, Settings, StepError
+from .context import Context, Settings, StepError, positive_int
 from .inputs import DataError, read
 from .preserve import ModelSnapshot
 from .range_test import check_lr
@@ -231,28 +231,6 @@ def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
             raise ValueError(f"unknown check {wanted!r}: use a group (data, model, train) or one of {', '.join(CHECK_NAMES)}")
         chosen += [m for m in matches if m not in chosen]
     return [c for c in CHECKS if c in chosen]  # always in the documented order
-
-
-def make_settings(
-    seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int, max_samples: int
-) -> Settings:
-    for name, value in (
-        ("overfit_steps", overfit_steps),
-        ("overfit_samples", overfit_samples),
-        ("lr_find_steps", lr_find_steps),
-        ("max_samples", max_samples),
-    ):
-        positive_int(name, value)
-    if isinstance(overfit_lr, bool) or not isinstance(overfit_lr, (int, float)) or not overfit_lr > 0:
-        raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={overfit_lr!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-    return Settings(overfit_steps, overfit_samples, float(overfit_lr), lr_find_steps, max_samples, seed)
-
-
-def positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
 def check_writable(directory: Path) -> None:
