@@ -69,10 +69,7 @@ class LRFindResult:
             low = min(finite + [v for v in self.losses if math.isfinite(v)])
             high = max(finite[: max(3, len(finite) // 10)])
             ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.25 * (high - low + 1e-12))
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("loss")
-        ax.set_title("LR range test")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
         ax.grid(True, alpha=0.3)
         ax.legend()
         return fig
