@@ -36,12 +36,8 @@ def check_shapes(ctx: Context) -> Check:
     splits = [s for s in (ctx.train, ctx.val) if s is not None]
     problems = [p for s in splits for p in _shape_problems(ctx, s)]
     if ctx.val is not None and ctx.val.X is not None and ctx.train.X is not None and ctx.val.X.shape[1:] != ctx.train.X.shape[1:]:
-        problems.append(
-            (
-                f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples {tuple(ctx.train.X.shape[1:])}",
-                "prepare val exactly like train",
-            )
-        )
+        shapes = f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples {tuple(ctx.train.X.shape[1:])}"
+        problems.append((shapes, "prepare val exactly like train"))
     described = "; ".join(_describe(s) for s in splits)
     if problems:
         return Check("data.shapes", "fail", "; ".join(p for p, _ in problems) + f" ({described})", problems[0][1])
@@ -67,12 +63,8 @@ def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
         return [(f"{role} X has {X.shape[0]} rows but y has {y.shape[0]}", "X and y need one row per sample, in the same order")]
     task = ctx.task
     if task == "classification" and y.is_floating_point():
-        return [
-            (
-                f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels",
-                "convert the labels with y.long() (or use loss='mse' for a regression target)",
-            )
-        ]
+        problem = f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels"
+        return [(problem, "convert the labels with y.long() (or use loss='mse' for a regression target)")]
     if task == "binary" and not y.is_floating_point():  # (mse & co. promote integer targets themselves)
         return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs float targets", "convert them with y.float()")]
     return []
