@@ -26,12 +26,8 @@ LARGE_VALUE = 1e3  # |x| from which a default-initialized first layer saturates 
 
 def check_shapes(ctx: Context) -> Check:
     if ctx.load_error is not None:
-        return Check(
-            "data.shapes",
-            "fail",
-            ctx.load_error,
-            "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches",
-        )
+        advice = "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches"
+        return Check("data.shapes", "fail", ctx.load_error, advice)
     assert ctx.train is not None
     splits = [s for s in (ctx.train, ctx.val) if s is not None]
     problems = [p for s in splits for p in _shape_problems(ctx, s)]
@@ -92,12 +88,8 @@ def check_finite(ctx: Context) -> Check:
             else:
                 clean.append(f"{split.role} {what}")
     if findings:
-        return Check(
-            "data.finite",
-            "fail",
-            "; ".join(findings),
-            "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only",
-        )
+        advice = "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only"
+        return Check("data.finite", "fail", "; ".join(findings), advice)
     return Check("data.finite", "pass", f"no NaN or Inf in {', '.join(clean) or 'the (integer) data'}")
 
 
@@ -118,21 +110,13 @@ def check_labels(ctx: Context) -> Check:
         raise Skip("the number of model outputs is unknown (see model.output)")
     classes = ctx.n_outputs
     if classes < 2:
-        return Check(
-            "data.labels",
-            "fail",
-            f"the model has {classes} output but {ctx.loss_name} needs one output per class",
-            "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output",
-        )
+        advice = "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output"
+        return Check("data.labels", "fail", f"the model has {classes} output but {ctx.loss_name} needs one output per class", advice)
     ignore = getattr(ctx.loss_fn, "ignore_index", None)  # torch skips these labels (default -100)
     problems = [label_range_problem(classes, s.y, s.role, ignore) for s in (train, ctx.val) if s is not None and s.y is not None]
     if any(problems):
-        return Check(
-            "data.labels",
-            "fail",
-            "; ".join(p for p in problems if p),
-            "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out",
-        )
+        advice = "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out"
+        return Check("data.labels", "fail", "; ".join(p for p in problems if p), advice)
     return Check("data.labels", "pass", f"all labels lie in [0, {classes}) for a model with {classes} outputs")
 
 
@@ -146,12 +130,8 @@ def _check_binary_targets(ctx: Context) -> Check:
         if finite.numel() and (float(finite.min()) < 0 or float(finite.max()) > 1):
             findings.append(f"{split.role} y ranges over [{float(finite.min()):.4g}, {float(finite.max()):.4g}]")
     if findings:
-        return Check(
-            "data.labels",
-            "fail",
-            "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]",
-            "map the targets to 0/1 (e.g. y = (y == positive_label).float())",
-        )
+        advice = "map the targets to 0/1 (e.g. y = (y == positive_label).float())"
+        return Check("data.labels", "fail", "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]", advice)
     return Check("data.labels", "pass", f"all targets lie in [0, 1] as {ctx.loss_name} needs")
 
 
@@ -185,21 +165,13 @@ def check_balance(ctx: Context) -> Check:
     )
     if missing:
         which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {listed(missing)} have"
-        return Check(
-            "data.balance",
-            "warn",
-            f"{which} no training samples; {evidence}",
-            "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs",
-        )
+        advice = "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs"
+        return Check("data.balance", "warn", f"{which} no training samples; {evidence}", advice)
     if ratio >= IMBALANCE_RATIO:
         total, k = sum(counts), len(counts)
         hint = weight_hint.format(", ".join(f"{total / (k * c):.3g}" for c in counts))
-        return Check(
-            "data.balance",
-            "warn",
-            evidence,
-            f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy",
-        )
+        advice = f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy"
+        return Check("data.balance", "warn", evidence, advice)
     return Check("data.balance", "pass", evidence)
 
 
@@ -219,13 +191,11 @@ def check_leakage(ctx: Context) -> Check:
     if count == 0:
         return Check("data.leakage", "pass", evidence)
     if count >= max(LEAK_FAIL_MIN_ROWS, LEAK_FAIL_FRACTION * total):
-        return Check(
-            "data.leakage",
-            "fail",
-            evidence,
+        advice = (
             "split before augmenting or oversampling and deduplicate (np.unique(X, axis=0)): "
-            "validation scores on seen rows overstate generalization",
+            "validation scores on seen rows overstate generalization"
         )
+        return Check("data.leakage", "fail", evidence, advice)
     return Check("data.leakage", "warn", evidence, "a few shared rows can be natural duplicates; drop them from val for a clean estimate")
 
 
@@ -295,21 +265,13 @@ def check_variance(ctx: Context) -> Check:
     constant = np.flatnonzero(table.max(axis=0) == table.min(axis=0))
     n = table.shape[1]
     if len(constant) == n:
-        return Check(
-            "data.variance",
-            "fail",
-            f"all {n} features are constant over {table.shape[0]} training rows",
-            "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)",
-        )
+        advice = "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)"
+        return Check("data.variance", "fail", f"all {n} features are constant over {table.shape[0]} training rows", advice)
     if len(constant):
         which = ("feature " if len(constant) == 1 else "features ") + listed(constant.tolist())
         verb = "is" if len(constant) == 1 else "are"
-        return Check(
-            "data.variance",
-            "warn",
-            f"{len(constant)} of {n} features {verb} constant ({which})",
-            "drop them: they carry no information (harmless for image borders)",
-        )
+        advice = "drop them: they carry no information (harmless for image borders)"
+        return Check("data.variance", "warn", f"{len(constant)} of {n} features {verb} constant ({which})", advice)
     return Check("data.variance", "pass", f"all {n} features vary (smallest std {std.min():.3g})")
 
 
@@ -327,12 +289,8 @@ def check_scale(ctx: Context) -> Check:
         f"ratio {ratio:.3g}; largest |value| {biggest[top]:.3g} (feature {top})"
     )
     if ratio >= SCALE_RATIO or biggest[top] >= LARGE_VALUE:
-        return Check(
-            "data.scale",
-            "warn",
-            evidence,
-            "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val",
-        )
+        advice = "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val"
+        return Check("data.scale", "warn", evidence, advice)
     return Check("data.scale", "pass", evidence)
 
 

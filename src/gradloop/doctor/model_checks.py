@@ -44,9 +44,8 @@ _BOUNDS = {
 def check_output(ctx: Context) -> Check:
     train = ctx.need_data()
     if ctx.probe_error is not None and ctx.step is not None:
-        return Check(
-            "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
-        )
+        advice = "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
+        return Check("model.output", "fail", ctx.probe_error, advice)
     if ctx.probe_error is not None:
         x = train.X if train.X is not None else train.raw_batches[0][0]
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -215,13 +214,12 @@ def check_loss_fit(ctx: Context) -> Check:
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
-        return Check(
-            "model.loss_fit",
-            "fail",
+        message = (
             f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
-            f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
-            "remove the final activation for a regression target (or rescale the targets into its range)",
+            f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]"
         )
+        advice = "remove the final activation for a regression target (or rescale the targets into its range)"
+        return Check("model.loss_fit", "fail", message, advice)
     return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
 
 
@@ -238,12 +236,8 @@ def check_initial_loss(ctx: Context) -> Check:
     if not math.isfinite(loss):
         return Check("model.initial_loss", "fail", f"the initial loss is {loss}", "see train.nan_origin for the module that produces it")
     if chance <= 0:
-        return Check(
-            "model.initial_loss",
-            "warn",
-            f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})",
-            "a constant target needs no model: check the labels",
-        )
+        advice = "a constant target needs no model: check the labels"
+        return Check("model.initial_loss", "warn", f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})", advice)
     ratio = loss / chance
     evidence = f"initial loss {loss:.4g} vs chance level {chance:.4g} ({how}): ratio {ratio:.2f}"
     if ratio > INITIAL_HIGH:
@@ -254,12 +248,8 @@ def check_initial_loss(ctx: Context) -> Check:
         )
         return Check("model.initial_loss", "warn", evidence, advice)
     if ratio < INITIAL_LOW:
-        return Check(
-            "model.initial_loss",
-            "warn",
-            evidence,
-            "an untrained model should not beat chance: check that the inputs do not contain the target",
-        )
+        advice = "an untrained model should not beat chance: check that the inputs do not contain the target"
+        return Check("model.initial_loss", "warn", evidence, advice)
     return Check("model.initial_loss", "pass", evidence)
 
 
@@ -291,22 +281,18 @@ def check_train_eval(ctx: Context) -> Check:
     tolerance = 1e-5 * (1 + float(first.abs().max()))
     jitter = float((first - second).abs().max())
     if jitter > tolerance:
-        return Check(
-            "model.train_eval",
-            "warn",
-            f"eval-mode outputs change between two identical calls (max difference {jitter:.3g}): something random runs in eval mode",
-            "use nn.Dropout modules, or pass training=self.training to F.dropout",
-        )
+        message = f"eval-mode outputs change between two identical calls (max difference {jitter:.3g}): something random runs in eval mode"
+        advice = "use nn.Dropout modules, or pass training=self.training to F.dropout"
+        return Check("model.train_eval", "warn", message, advice)
     difference = float((training - first).abs().max())
     explained = [f"{type(m).__name__}('{n}')" for n, m in ctx.model.named_modules() if _mode_dependent(m)]
     if difference > tolerance and not explained:
-        return Check(
-            "model.train_eval",
-            "warn",
+        message = (
             f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-            "but the model has no dropout or batch-norm module to explain it",
-            "look for code that branches on self.training or keeps state between forward calls",
+            "but the model has no dropout or batch-norm module to explain it"
         )
+        advice = "look for code that branches on self.training or keeps state between forward calls"
+        return Check("model.train_eval", "warn", message, advice)
     if difference > tolerance:
         return Check(
             "model.train_eval",

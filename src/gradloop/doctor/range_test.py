@@ -171,13 +171,12 @@ def check_lr(ctx: Context) -> Check:
     yours = result.current_lr = current_lr(ctx)
     ctx.lr_result = result
     if result.suggestion is None:
-        return Check(
-            "train.lr_find",
-            "warn",
+        message = (
             f"the loss did not fall below {100 * NO_PROGRESS:.0f}% of its start at any LR "
-            f"from {START_LR:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
-            "the model does not learn at any rate: see train.overfit and train.gradients",
+            f"from {START_LR:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)"
         )
+        advice = "the model does not learn at any rate: see train.overfit and train.gradients"
+        return Check("train.lr_find", "warn", message, advice)
     evidence = f"loss lowest at lr {result.min_loss_lr:.2g}"
     if result.diverged_lr is not None:
         evidence += f", diverges from {result.diverged_lr:.2g}"

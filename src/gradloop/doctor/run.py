@@ -211,12 +211,8 @@ def run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
     except StepError as err:
         return Check(name, "fail", str(err), STEP_ADVICE)
     except Exception as err:
-        return Check(
-            name,
-            "fail",
-            f"the check raised {_error_line(err)}",
-            "the model or data breaks on this step; a training run would hit the same error",
-        )
+        advice = "the model or data breaks on this step; a training run would hit the same error"
+        return Check(name, "fail", f"the check raised {_error_line(err)}", advice)
 
 
 def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
