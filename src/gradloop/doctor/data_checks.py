@@ -216,12 +216,11 @@ def shared_rows(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, int]:
     repeats = int(np.count_nonzero(ordered[1:] == ordered[:-1]))
     candidates = ordered[np.searchsorted(ordered, hb).clip(max=len(ordered) - 1)] == hb
     shared = np.zeros(len(b), dtype=bool)
-    if candidates.any():
-        rows_by_hash: dict[int, list[int]] = {}
-        for row in np.flatnonzero(np.isin(ha, hb[candidates])):
-            rows_by_hash.setdefault(int(ha[row]), []).append(int(row))
-        for row in np.flatnonzero(candidates):
-            shared[row] = any(np.array_equal(a[t], b[row]) for t in rows_by_hash.get(int(hb[row]), []))
+    rows_by_hash: dict[int, list[int]] = {}
+    for row in np.flatnonzero(np.isin(ha, hb[candidates])):
+        rows_by_hash.setdefault(int(ha[row]), []).append(int(row))
+    for row in np.flatnonzero(candidates):
+        shared[row] = any(np.array_equal(a[t], b[row]) for t in rows_by_hash.get(int(hb[row]), []))
     return shared, repeats
 
 

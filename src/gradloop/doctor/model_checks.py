@@ -286,23 +286,15 @@ def check_train_eval(ctx: Context) -> Check:
         return Check("model.train_eval", "warn", message, advice)
     difference = float((training - first).abs().max())
     explained = [f"{type(m).__name__}('{n}')" for n, m in ctx.model.named_modules() if _mode_dependent(m)]
+    differ = f"train- and eval-mode outputs differ by up to {difference:.3g}"
     if difference > tolerance and not explained:
-        message = (
-            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-            "but the model has no dropout or batch-norm module to explain it"
-        )
         advice = "look for code that branches on self.training or keeps state between forward calls"
-        return Check("model.train_eval", "warn", message, advice)
+        return Check("model.train_eval", "warn", f"{differ}, but the model has no dropout or batch-norm module to explain it", advice)
     if difference > tolerance:
-        return Check(
-            "model.train_eval",
-            "pass",
-            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-            f"explained by {', '.join(explained[:4])}{' ...' if len(explained) > 4 else ''}",
-        )
-    return Check(
-        "model.train_eval", "pass", "train- and eval-mode outputs agree" + (" (no dropout or batch-norm module)" if not explained else "")
-    )
+        more = " ..." if len(explained) > 4 else ""
+        return Check("model.train_eval", "pass", f"{differ}, explained by {', '.join(explained[:4])}{more}")
+    agree = "train- and eval-mode outputs agree" + ("" if explained else " (no dropout or batch-norm module)")
+    return Check("model.train_eval", "pass", agree)
 
 
 def _mode_dependent(module: nn.Module) -> bool:

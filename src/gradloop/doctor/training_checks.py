@@ -110,11 +110,8 @@ def check_nan_origin(ctx: Context) -> Check:
     if origin is not None:
         advice = "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps"
         return Check("train.nan_origin", "fail", f"backward pass (the forward pass is finite): {origin}", advice)
-    return Check(
-        "train.nan_origin",
-        "pass",
-        f"forward and backward passes are finite on a batch of {length(x)} (every module's output and gradient checked)",
-    )
+    evidence = f"forward and backward passes are finite on a batch of {length(x)} (every module's output and gradient checked)"
+    return Check("train.nan_origin", "pass", evidence)
 
 
 @contextlib.contextmanager
