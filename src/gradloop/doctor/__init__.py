@@ -108,13 +108,17 @@ def doctor(
     `lr_find.png` there. Returns a `DoctorReport`: `.ok`, `.checks`, `print(report)`.
     """
     from . import run
+    from .context import Settings
     from .report import Check, DoctorReport
 
     selected = run.select(checks)
     check_optimizer_args(optimizer, lr)  # the Trainer's checks, so the doctor accepts what the Trainer accepts
     if run_dir is not None:
         run.check_writable(Path(run_dir))
-    settings = run.make_settings(seed, overfit_steps, overfit_samples, overfit_lr, lr_find_steps, max_samples)
+    settings = Settings(overfit_steps, overfit_samples, overfit_lr, lr_find_steps, max_samples, seed)
+    # Checked here, not in Settings: lr_find takes any seed the RNGs take.
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
     started = time.perf_counter()
     with run.session(model, data, loss, val, optimizer, lr, batch_size, device, settings, step) as ctx:
         report = DoctorReport([], [])
@@ -158,16 +162,15 @@ def lr_find(
     (see `doctor`); a failing step raises ValueError.
     """
     from . import run
-    from .context import Settings, StepError
+    from .context import Settings, StepError, positive_int
     from .range_test import current_lr, range_test
     from .report import Skip
 
     if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr; received: start_lr={start_lr!r}, end_lr={end_lr!r}")
-    run.positive_int("num_steps", num_steps)
+    positive_int("num_steps", num_steps)
     check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
-    settings = Settings(seed=seed)
-    with run.session(model, data, loss, None, optimizer, None, batch_size, device, settings, step) as ctx:
+    with run.session(model, data, loss, None, optimizer, None, batch_size, device, Settings(seed=seed), step) as ctx:
         if ctx.load_error is not None:
             raise ValueError(ctx.load_error)
         if step is not None and ctx.probe_error is not None:  # there is no model.output to see here
@@ -175,10 +178,8 @@ def lr_find(
         try:
             result = range_test(ctx, float(start_lr), float(end_lr), num_steps, smoothing)
             result.current_lr = current_lr(ctx)
-        except Skip as reason:
+        except (Skip, StepError) as reason:
             raise ValueError(f"the LR range test cannot run: {reason}") from None
-        except StepError as err:
-            raise ValueError(f"the LR range test cannot run: {err}") from None
     if plot is not None:
         result.plot(plot)
     return result

@@ -8,6 +8,7 @@ without targets, as its batches looked (`[x]` or `x`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -44,10 +45,15 @@ class Settings:
     overfit_samples: int = 32
     overfit_lr: float = 3e-3
     lr_find_steps: int = 100
-    lr_find_start: float = 1e-7
-    lr_find_end: float = 10.0
     max_samples: int = 100_000
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        for name in ("overfit_steps", "overfit_samples", "lr_find_steps", "max_samples"):
+            positive_int(name, getattr(self, name))
+        if isinstance(self.overfit_lr, bool) or not isinstance(self.overfit_lr, (int, float)) or not self.overfit_lr > 0:
+            raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={self.overfit_lr!r}")
+        self.overfit_lr = float(self.overfit_lr)
 
 
 @dataclass
@@ -92,8 +98,7 @@ class Context:
 
     def reset(self) -> None:
         self.initial.restore(self.model)
-        for param in self.model.parameters():
-            param.grad = None
+        self.model.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ data access
     def need_data(self) -> Arrays:
@@ -120,9 +125,12 @@ class Context:
         return self.train
 
     def need_labels(self) -> Arrays:
+        """The training split with tensor inputs and targets; with a step, only when it returns outputs and
+        targets (the loss describes those: without them the labels' kind is unknown)."""
         train = self.need_inputs()
         if train.y is None:
             raise Skip("the training data has no targets (see data.shapes)")
+        self.need_outputs()
         return train
 
     def need_model_batch(self) -> None:
@@ -146,8 +154,7 @@ class Context:
         so sorted data does not give a one-class batch). Raw loader batches: the first one."""
         train = self.need_data()
         if train.X is None:
-            x, y = train.raw_batches[0]
-            return to_device(x, self.device), to_device(y, self.device)
+            return to_device(train.raw_batches[0], self.device)
         rows = self._rows()[:n]
         return train.X[rows].to(self.device), _rows_of(train.y, rows, self.device)
 
@@ -156,8 +163,8 @@ class Context:
         train = self.need_data()
         if train.X is None:
             while True:
-                for x, y in train.raw_batches:
-                    yield to_device(x, self.device), to_device(y, self.device)
+                for batch in train.raw_batches:
+                    yield to_device(batch, self.device)
         generator = torch.Generator().manual_seed(self.settings.seed or 0)
         usable = self._usable()
         n = min(n, usable.numel())
@@ -178,14 +185,12 @@ class Context:
             self._order = usable[torch.randperm(usable.numel(), generator=generator)]
         return self._order
 
-    def forward(self, inputs: Any, train: bool = False) -> torch.Tensor:
-        """One forward pass without gradients, in eval mode unless `train`."""
-        with torch.no_grad():
-            if train:
-                self.model.train()
-                return self.model(inputs)
-            with eval_mode(self.model):
-                return self.model(inputs)
+    def _mode(self, train: bool) -> contextlib.AbstractContextManager[Any]:
+        """Train mode (left on afterwards), or eval mode until the block ends."""
+        if train:
+            self.model.train()
+            return contextlib.nullcontext()
+        return eval_mode(self.model)
 
     # ------------------------------------------------------------------ the loss of a batch
     def loss_of(self, x: Any, y: Any) -> torch.Tensor:
@@ -201,15 +206,11 @@ class Context:
         """`(outputs, targets)` of a batch without gradients, in eval mode unless `train`: the step's
         "outputs" and "targets" (Skip when it returns none), else `(model(x), y)`."""
         if self.step is None:
-            return self.forward(x, train), y
+            with torch.no_grad(), self._mode(train):
+                return self.model(x), y
         self.need_outputs()
-        with torch.no_grad():
-            if train:
-                self.model.train()
-                result = self.run_step(x, y)
-            else:
-                with eval_mode(self.model):
-                    result = self.run_step(x, y)
+        with torch.no_grad(), self._mode(train):
+            result = self.run_step(x, y)
         if result.outputs is None or result.targets is None:
             raise Skip(NO_OUTPUTS)
         return result.outputs, result.targets
@@ -226,6 +227,11 @@ class Context:
             if "step(model, batch)" in str(err):  # the core's message about the value returned: it says how
                 raise StepError(first_line(err)) from err
             raise StepError(f"step(model, batch) raised {type(err).__name__} on a batch {describe(batch)}: {first_line(err)}") from err
+
+
+def positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
 def _rows_of(y: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:

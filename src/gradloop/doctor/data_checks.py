@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from ..checks import label_range_problem
+from ..step import describe
 from .context import Context
 from .inputs import Arrays
-from .report import Check, Skip, dtype_of, listed, shape_of
+from .report import Check, Skip, dtype_of, listed
 
 IMBALANCE_RATIO = 5.0  # largest/smallest class count from which training favours the large class noticeably
 # A few shared rows can be natural duplicates (iris has two identical flowers); this many is leakage.
@@ -25,22 +26,14 @@ LARGE_VALUE = 1e3  # |x| from which a default-initialized first layer saturates 
 
 def check_shapes(ctx: Context) -> Check:
     if ctx.load_error is not None:
-        return Check(
-            "data.shapes",
-            "fail",
-            ctx.load_error,
-            "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches",
-        )
+        advice = "pass (X, y) arrays with one row per sample, a Dataset of (x, y) pairs or a DataLoader of (x, y) batches"
+        return Check("data.shapes", "fail", ctx.load_error, advice)
     assert ctx.train is not None
     splits = [s for s in (ctx.train, ctx.val) if s is not None]
     problems = [p for s in splits for p in _shape_problems(ctx, s)]
     if ctx.val is not None and ctx.val.X is not None and ctx.train.X is not None and ctx.val.X.shape[1:] != ctx.train.X.shape[1:]:
-        problems.append(
-            (
-                f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples {tuple(ctx.train.X.shape[1:])}",
-                "prepare val exactly like train",
-            )
-        )
+        shapes = f"val samples have shape {tuple(ctx.val.X.shape[1:])} but train samples {tuple(ctx.train.X.shape[1:])}"
+        problems.append((shapes, "prepare val exactly like train"))
     described = "; ".join(_describe(s) for s in splits)
     if problems:
         return Check("data.shapes", "fail", "; ".join(p for p, _ in problems) + f" ({described})", problems[0][1])
@@ -52,8 +45,8 @@ def _describe(split: Arrays) -> str:
     if split.X is None:
         kind = type(split.raw_batches[0][0]).__name__ if split.raw_batches else "no"
         return f"{split.role}: {len(split.raw_batches)} batches of {kind} inputs{note}"
-    y = f", y {shape_of(split.y)}" if split.y is not None else ""
-    return f"{split.role} X {shape_of(split.X)}{y}{note}"
+    y = f", y {describe(split.y)}" if split.y is not None else ""
+    return f"{split.role} X {describe(split.X)}{y}{note}"
 
 
 def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
@@ -66,12 +59,8 @@ def _shape_problems(ctx: Context, split: Arrays) -> list[tuple[str, str]]:
         return [(f"{role} X has {X.shape[0]} rows but y has {y.shape[0]}", "X and y need one row per sample, in the same order")]
     task = ctx.task
     if task == "classification" and y.is_floating_point():
-        return [
-            (
-                f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels",
-                "convert the labels with y.long() (or use loss='mse' for a regression target)",
-            )
-        ]
+        problem = f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs integer class labels"
+        return [(problem, "convert the labels with y.long() (or use loss='mse' for a regression target)")]
     if task == "binary" and not y.is_floating_point():  # (mse & co. promote integer targets themselves)
         return [(f"{role} y is {dtype_of(y)} but {ctx.loss_name} needs float targets", "convert them with y.float()")]
     return []
@@ -99,52 +88,35 @@ def check_finite(ctx: Context) -> Check:
             else:
                 clean.append(f"{split.role} {what}")
     if findings:
-        return Check(
-            "data.finite",
-            "fail",
-            "; ".join(findings),
-            "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only",
-        )
+        advice = "impute or drop those rows before training (e.g. sklearn SimpleImputer); the model checks below use the finite rows only"
+        return Check("data.finite", "fail", "; ".join(findings), advice)
     return Check("data.finite", "pass", f"no NaN or Inf in {', '.join(clean) or 'the (integer) data'}")
 
 
 def _first_feature(row_mask: torch.Tensor) -> str:
-    index = int(row_mask.reshape(-1).nonzero()[0])
-    position = np.unravel_index(index, tuple(row_mask.shape)) if row_mask.ndim > 1 else (index,)
-    return f", feature {position[0] if len(position) == 1 else tuple(int(p) for p in position)}"
+    position = tuple(int(i) for i in torch.atleast_1d(row_mask).nonzero()[0])  # the first in row-major order
+    return f", feature {position[0] if len(position) == 1 else position}"
 
 
 def check_labels(ctx: Context) -> Check:
     train = ctx.need_labels()
-    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     task = ctx.task
     if task not in ("classification", "binary"):
-        raise Skip(
-            "targets are "
-            + ("class probabilities" if task == "probabilities" else "not class labels")
-            + ", so there is no label range to check"
-        )
+        kind = "class probabilities" if task == "probabilities" else "not class labels"
+        raise Skip(f"targets are {kind}, so there is no label range to check")
     if task == "binary":
         return _check_binary_targets(ctx)
     if ctx.n_outputs is None:
         raise Skip("the number of model outputs is unknown (see model.output)")
     classes = ctx.n_outputs
     if classes < 2:
-        return Check(
-            "data.labels",
-            "fail",
-            f"the model has {classes} output but {ctx.loss_name} needs one output per class",
-            "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output",
-        )
+        advice = "give the model one output per class, or use loss='bce_with_logits' with float 0/1 targets for a single output"
+        return Check("data.labels", "fail", f"the model has {classes} output but {ctx.loss_name} needs one output per class", advice)
     ignore = getattr(ctx.loss_fn, "ignore_index", None)  # torch skips these labels (default -100)
     problems = [label_range_problem(classes, s.y, s.role, ignore) for s in (train, ctx.val) if s is not None and s.y is not None]
     if any(problems):
-        return Check(
-            "data.labels",
-            "fail",
-            "; ".join(p for p in problems if p),
-            "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out",
-        )
+        advice = "e.g. sklearn LabelEncoder maps labels to 0..C-1; the model checks below leave those rows out"
+        return Check("data.labels", "fail", "; ".join(p for p in problems if p), advice)
     return Check("data.labels", "pass", f"all labels lie in [0, {classes}) for a model with {classes} outputs")
 
 
@@ -158,18 +130,13 @@ def _check_binary_targets(ctx: Context) -> Check:
         if finite.numel() and (float(finite.min()) < 0 or float(finite.max()) > 1):
             findings.append(f"{split.role} y ranges over [{float(finite.min()):.4g}, {float(finite.max()):.4g}]")
     if findings:
-        return Check(
-            "data.labels",
-            "fail",
-            "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]",
-            "map the targets to 0/1 (e.g. y = (y == positive_label).float())",
-        )
+        advice = "map the targets to 0/1 (e.g. y = (y == positive_label).float())"
+        return Check("data.labels", "fail", "; ".join(findings) + f", but {ctx.loss_name} needs targets in [0, 1]", advice)
     return Check("data.labels", "pass", f"all targets lie in [0, 1] as {ctx.loss_name} needs")
 
 
 def check_balance(ctx: Context) -> Check:
     train = ctx.need_labels()
-    ctx.need_outputs()  # with a step, the loss describes its outputs and targets: without them the labels' kind is unknown
     y = train.y
     assert y is not None
     if ctx.task == "classification":
@@ -198,22 +165,13 @@ def check_balance(ctx: Context) -> Check:
     )
     if missing:
         which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {listed(missing)} have"
-        return Check(
-            "data.balance",
-            "warn",
-            f"{which} no training samples; {evidence}",
-            "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs",
-        )
+        advice = "the model cannot learn classes it never sees: check the split (stratify it) or the number of outputs"
+        return Check("data.balance", "warn", f"{which} no training samples; {evidence}", advice)
     if ratio >= IMBALANCE_RATIO:
         total, k = sum(counts), len(counts)
-        weights = ", ".join(f"{total / (k * c):.3g}" for c in counts)
-        hint = weight_hint.format(weights) if "{}" in weight_hint else weight_hint
-        return Check(
-            "data.balance",
-            "warn",
-            evidence,
-            f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy",
-        )
+        hint = weight_hint.format(", ".join(f"{total / (k * c):.3g}" for c in counts))
+        advice = f"weight the loss, e.g. loss={hint} (weights N/(C*count)), or resample; judge with per-class metrics, not accuracy"
+        return Check("data.balance", "warn", evidence, advice)
     return Check("data.balance", "pass", evidence)
 
 
@@ -233,13 +191,11 @@ def check_leakage(ctx: Context) -> Check:
     if count == 0:
         return Check("data.leakage", "pass", evidence)
     if count >= max(LEAK_FAIL_MIN_ROWS, LEAK_FAIL_FRACTION * total):
-        return Check(
-            "data.leakage",
-            "fail",
-            evidence,
+        advice = (
             "split before augmenting or oversampling and deduplicate (np.unique(X, axis=0)): "
-            "validation scores on seen rows overstate generalization",
+            "validation scores on seen rows overstate generalization"
         )
+        return Check("data.leakage", "fail", evidence, advice)
     return Check("data.leakage", "warn", evidence, "a few shared rows can be natural duplicates; drop them from val for a clean estimate")
 
 
@@ -260,12 +216,11 @@ def shared_rows(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, int]:
     repeats = int(np.count_nonzero(ordered[1:] == ordered[:-1]))
     candidates = ordered[np.searchsorted(ordered, hb).clip(max=len(ordered) - 1)] == hb
     shared = np.zeros(len(b), dtype=bool)
-    if candidates.any():
-        rows_by_hash: dict[int, list[int]] = {}
-        for row in np.flatnonzero(np.isin(ha, hb[candidates])):
-            rows_by_hash.setdefault(int(ha[row]), []).append(int(row))
-        for row in np.flatnonzero(candidates):
-            shared[row] = any(np.array_equal(a[t], b[row]) for t in rows_by_hash.get(int(hb[row]), []))
+    rows_by_hash: dict[int, list[int]] = {}
+    for row in np.flatnonzero(np.isin(ha, hb[candidates])):
+        rows_by_hash.setdefault(int(ha[row]), []).append(int(row))
+    for row in np.flatnonzero(candidates):
+        shared[row] = any(np.array_equal(a[t], b[row]) for t in rows_by_hash.get(int(hb[row]), []))
     return shared, repeats
 
 
@@ -309,21 +264,13 @@ def check_variance(ctx: Context) -> Check:
     constant = np.flatnonzero(table.max(axis=0) == table.min(axis=0))
     n = table.shape[1]
     if len(constant) == n:
-        return Check(
-            "data.variance",
-            "fail",
-            f"all {n} features are constant over {table.shape[0]} training rows",
-            "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)",
-        )
+        advice = "the inputs carry no information: check the preprocessing (e.g. a scaler fitted on one row)"
+        return Check("data.variance", "fail", f"all {n} features are constant over {table.shape[0]} training rows", advice)
     if len(constant):
         which = ("feature " if len(constant) == 1 else "features ") + listed(constant.tolist())
         verb = "is" if len(constant) == 1 else "are"
-        return Check(
-            "data.variance",
-            "warn",
-            f"{len(constant)} of {n} features {verb} constant ({which})",
-            "drop them: they carry no information (harmless for image borders)",
-        )
+        advice = "drop them: they carry no information (harmless for image borders)"
+        return Check("data.variance", "warn", f"{len(constant)} of {n} features {verb} constant ({which})", advice)
     return Check("data.variance", "pass", f"all {n} features vary (smallest std {std.min():.3g})")
 
 
@@ -341,12 +288,8 @@ def check_scale(ctx: Context) -> Check:
         f"ratio {ratio:.3g}; largest |value| {biggest[top]:.3g} (feature {top})"
     )
     if ratio >= SCALE_RATIO or biggest[top] >= LARGE_VALUE:
-        return Check(
-            "data.scale",
-            "warn",
-            evidence,
-            "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val",
-        )
+        advice = "standardize with training statistics: X = (X - mean) / std (sklearn StandardScaler), the same for val"
+        return Check("data.scale", "warn", evidence, advice)
     return Check("data.scale", "pass", evidence)
 
 

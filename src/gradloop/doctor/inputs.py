@@ -37,12 +37,6 @@ class Arrays:
     form: str = "pair"  # how a loader's batches looked: "pair" (x, y), "single" [x], "bare" x (what a step gets)
 
     @property
-    def size(self) -> int:
-        if self.X is not None:
-            return int(self.X.shape[0])
-        return sum(length(x) for x, _ in self.raw_batches)
-
-    @property
     def has_targets(self) -> bool:
         if self.X is not None:
             return self.y is not None
@@ -80,9 +74,9 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
     form = "pair"
     try:
         for item in loader:
+            x, y, batch_form = _split(item)
             if not xs:
-                form = _form(item)
-            x, y = _split(item)
+                form = batch_form
             xs.append(x)
             ys.append(y)
             count += length(x)
@@ -90,36 +84,34 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
                 break
     except Exception as err:  # a Dataset that fails on some sample: the doctor reports it
         raise DataError(f"reading the {role} data failed at batch {len(xs)}: {type(err).__name__}: {first_line(err)}") from None
-    if not xs or count == 0:
+    if count == 0:
         raise DataError(f"{role} data is empty: it needs at least one sample")
-    total = _dataset_size(loader)
+    try:
+        total: int | None = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:  # an IterableDataset without __len__
+        total = None
     note = f"first {count} of {total} samples" if total is not None and count < total else ""
     stackable = all(isinstance(x, torch.Tensor) for x in xs) and (
         all(isinstance(y, torch.Tensor) for y in ys) or all(y is None for y in ys)
     )
     if stackable:
         try:
-            X = torch.cat([x.detach().cpu().reshape(x.shape if x.ndim else (1,)) for x in xs])
-            y = torch.cat([y.detach().cpu().reshape(y.shape if y.ndim else (1,)) for y in ys]) if ys[0] is not None else None
+            X = torch.cat([torch.atleast_1d(x.detach().cpu()) for x in xs])
+            y = torch.cat([torch.atleast_1d(y.detach().cpu()) for y in ys]) if ys[0] is not None else None
             return Arrays(role, X, y, note=note, form=form)
         except RuntimeError:  # batches of different shapes (e.g. padded per batch): keep them raw
             pass
     return Arrays(role, raw_batches=list(zip(xs, ys))[:RAW_BATCHES], note=note or f"first {min(len(xs), RAW_BATCHES)} batches", form=form)
 
 
-def _form(item: Any) -> str:
-    if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
-        return "pair" if len(item) >= 2 else "single" if len(item) == 1 else "bare"
-    return "bare"
-
-
-def _split(item: Any) -> tuple[Any, Any]:
+def _split(item: Any) -> tuple[Any, Any, str]:
+    """A loader's batch as (inputs, targets or None, its form: "pair", "single" or "bare")."""
     if isinstance(item, (list, tuple)) and not hasattr(item, "_fields"):
         if len(item) >= 2:
-            return item[0], item[1]
+            return item[0], item[1], "pair"
         if len(item) == 1:
-            return item[0], None
-    return item, None
+            return item[0], None, "single"
+    return item, None, "bare"
 
 
 def length(x: Any) -> int:
@@ -132,10 +124,3 @@ def length(x: Any) -> int:
         return len(x)
     except TypeError:
         return 1
-
-
-def _dataset_size(loader: DataLoader) -> int | None:
-    try:
-        return len(loader.dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return None

@@ -16,7 +16,7 @@ from ..checks import fit_problem
 from ..step import describe
 from ..util import first_line
 from .context import Context
-from .report import Check, Skip, Status, dtype_of, shape_of
+from .report import Check, Skip, Status, dtype_of
 
 # An untrained model should score about chance; far above it is confidently wrong, far below
 # it knows what it cannot know yet (a label leaking into the inputs, or a broken loss).
@@ -27,6 +27,7 @@ STEP_FIT_ADVICE = (
     "return outputs and targets that fit the loss named by loss=... (the one they are judged by), or pass loss=None "
     "to the doctor; the checks that train are skipped until it is fixed"
 )
+NO_LOSS = "no loss says what the step's outputs are (pass loss=...)"  # a step with loss=None
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _BOUNDS = {
@@ -42,10 +43,11 @@ _BOUNDS = {
 
 def check_output(ctx: Context) -> Check:
     train = ctx.need_data()
-    if ctx.step is not None:
-        return _check_step_output(ctx)
+    if ctx.probe_error is not None and ctx.step is not None:
+        advice = "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
+        return Check("model.output", "fail", ctx.probe_error, advice)
     if ctx.probe_error is not None:
-        x, _ = (train.X, None) if train.X is not None else train.raw_batches[0]
+        x = train.X if train.X is not None else train.raw_batches[0][0]
         shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
         advice = "make the model's first layer accept these inputs (e.g. nn.Linear(in_features=...), nn.Flatten() before it)"
         if isinstance(x, torch.Tensor) and not x.is_floating_point():
@@ -54,29 +56,15 @@ def check_output(ctx: Context) -> Check:
     if ctx.usable is not None and ctx.usable.numel() == 0:
         raise Skip(f"no training row is usable: {ctx.excluded}")
     x, y = ctx.batch(ctx.batch_size)
-    out = ctx.forward(x)
-    # fit_error was found on two rows, the sample Trainer.fit checks: the same message as the Trainer's.
-    problem = ctx.fit_error or output_problem(ctx, out, y)
-    if problem:
-        return Check("model.output", "fail", problem, FIT_ADVICE)
-    return Check("model.output", "pass", f"outputs {shape_of(out)} fit targets {shape_of(y)} for {ctx.loss_name or 'the loss'}")
-
-
-def _check_step_output(ctx: Context) -> Check:
-    if ctx.probe_error is not None:
-        return Check(
-            "model.output", "fail", ctx.probe_error, "fix step(model, batch): Trainer.fit runs it on two samples first and refuses to start"
-        )
-    if ctx.usable is not None and ctx.usable.numel() == 0:
-        raise Skip(f"no training row is usable: {ctx.excluded}")
-    ctx.need_outputs()
-    x, y = ctx.batch(ctx.batch_size)
     out, targets = ctx.outputs_of(x, y)
+    # fit_error was found on two rows, the sample Trainer.fit checks: the same message as the Trainer's.
     problem = ctx.fit_error or output_problem(ctx, out, targets)
     if problem:
-        return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.loss_fn is not None else FIT_ADVICE)
+        return Check("model.output", "fail", problem, STEP_FIT_ADVICE if ctx.step is not None and ctx.loss_fn is not None else FIT_ADVICE)
+    if ctx.step is None:
+        return Check("model.output", "pass", f"outputs {describe(out)} fit targets {describe(y)} for {ctx.loss_name or 'the loss'}")
     judged = f"for {ctx.loss_name or 'the loss'}" if ctx.loss_fn is not None else "in number of samples (no loss given to judge them by)"
-    return Check("model.output", "pass", f"the step's outputs {shape_of(out)} fit its targets {shape_of(targets)} {judged}")
+    return Check("model.output", "pass", f"the step's outputs {describe(out)} fit its targets {describe(targets)} {judged}")
 
 
 def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
@@ -94,7 +82,7 @@ def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
                 )
         if out.shape[0] != y.shape[0]:
             return (
-                f"the step returns outputs {shape_of(out)} but targets {shape_of(y)}: return one row of each per sample "
+                f"the step returns outputs {describe(out)} but targets {describe(y)}: return one row of each per sample "
                 "(what metrics compare)"
             )
         if ctx.loss_fn is None:
@@ -109,11 +97,11 @@ def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
         loss = ctx.loss_fn(out, y)
     except Exception as err:
         return (
-            f"the loss fails on outputs {shape_of(out)} and targets {shape_of(y)}: {type(err).__name__}: {first_line(err)}; "
+            f"the loss fails on outputs {describe(out)} and targets {describe(y)}: {type(err).__name__}: {first_line(err)}; "
             "make the outputs and targets fit the loss (see its documentation)"
         )
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = shape_of(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        got = describe(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
         return f"the loss returns {got}, not a scalar: reduce it to a scalar, e.g. with .mean()"
     return None
 
@@ -138,15 +126,11 @@ def _last_module(ctx: Context, x: Any, y: Any) -> tuple[str, nn.Module | None, A
     return "", None, out, y
 
 
-def _loss_fit(status: Status, message: str, advice: str = "") -> Check:
-    return Check("model.loss_fit", status, message, advice)
-
-
 def check_loss_fit(ctx: Context) -> Check:
     ctx.need_model_batch()
     ctx.need_outputs()
     if ctx.loss_name is None:
-        raise Skip(_unknown_loss(ctx, "the expected output range is unknown", "a custom loss: the expected output range is unknown"))
+        raise Skip(f"{'a custom loss' if ctx.loss_fn is not None else NO_LOSS}: the expected output range is unknown")
     x, y = ctx.batch(ctx.batch_size)
     name, last, out, y = _last_module(ctx, x, y)
     if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not bool(torch.isfinite(out).all()):
@@ -225,25 +209,25 @@ def check_loss_fit(ctx: Context) -> Check:
     }
     if loss in rules:
         _, status, message, fix = next(rule for rule in rules[loss] if rule[0])
-        return _loss_fit(status, message, fix)
+        return Check("model.loss_fit", status, message, fix)
     bounds = next((b for kind, b in _BOUNDS.items() if isinstance(last, kind)), None)
     y_all = ctx.train.y if ctx.train is not None and ctx.train.y is not None and ctx.step is None else y
     y_all = y_all[torch.isfinite(y_all)] if y_all.is_floating_point() else y_all
     if bounds is not None and y_all.numel() and (float(y_all.min()) < bounds[0] or float(y_all.max()) > bounds[1]):
-        return _loss_fit(
-            "fail",
+        message = (
             f"the {final} bounds outputs to [{bounds[0]:g}, {bounds[1]:g}] but targets "
-            f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]",
-            "remove the final activation for a regression target (or rescale the targets into its range)",
+            f"range over [{float(y_all.min()):.4g}, {float(y_all.max()):.4g}]"
         )
-    return _loss_fit("pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
+        advice = "remove the final activation for a regression target (or rescale the targets into its range)"
+        return Check("model.loss_fit", "fail", message, advice)
+    return Check("model.loss_fit", "pass", f"outputs unbounded by a final activation (last module {_name(name, last)}), fine for {loss}")
 
 
 def check_initial_loss(ctx: Context) -> Check:
     ctx.need_model_batch()
     ctx.need_outputs()
     if ctx.loss_fn is None:
-        raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
+        raise Skip(f"{NO_LOSS}: no chance level is known")
     x, y = ctx.batch(CHANCE_SAMPLES)
     out, y = ctx.outputs_of(x, y)
     with torch.no_grad():
@@ -252,12 +236,8 @@ def check_initial_loss(ctx: Context) -> Check:
     if not math.isfinite(loss):
         return Check("model.initial_loss", "fail", f"the initial loss is {loss}", "see train.nan_origin for the module that produces it")
     if chance <= 0:
-        return Check(
-            "model.initial_loss",
-            "warn",
-            f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})",
-            "a constant target needs no model: check the labels",
-        )
+        advice = "a constant target needs no model: check the labels"
+        return Check("model.initial_loss", "warn", f"initial loss {loss:.4g}; the targets are constant ({how} = {chance:.3g})", advice)
     ratio = loss / chance
     evidence = f"initial loss {loss:.4g} vs chance level {chance:.4g} ({how}): ratio {ratio:.2f}"
     if ratio > INITIAL_HIGH:
@@ -268,12 +248,8 @@ def check_initial_loss(ctx: Context) -> Check:
         )
         return Check("model.initial_loss", "warn", evidence, advice)
     if ratio < INITIAL_LOW:
-        return Check(
-            "model.initial_loss",
-            "warn",
-            evidence,
-            "an untrained model should not beat chance: check that the inputs do not contain the target",
-        )
+        advice = "an untrained model should not beat chance: check that the inputs do not contain the target"
+        return Check("model.initial_loss", "warn", evidence, advice)
     return Check("model.initial_loss", "pass", evidence)
 
 
@@ -289,7 +265,7 @@ def _chance(ctx: Context, out: torch.Tensor, y: torch.Tensor) -> tuple[float, st
         mean = (targets if targets is not None else y).float().mean(0).to(y.device)
         with torch.no_grad():
             return float(ctx.loss_fn(mean.expand_as(y).to(out.dtype), y)), "predicting mean(y)"
-    raise Skip(_unknown_loss(ctx, "no chance level is known", "no chance level is known for a custom loss"))
+    raise Skip("no chance level is known for a custom loss")
 
 
 def check_train_eval(ctx: Context) -> Check:
@@ -303,41 +279,22 @@ def check_train_eval(ctx: Context) -> Check:
     if not all(isinstance(t, torch.Tensor) for t in (first, second, training)):
         raise Skip("the model does not return a tensor (see model.output)")
     tolerance = 1e-5 * (1 + float(first.abs().max()))
-    if float((first - second).abs().max()) > tolerance:
-        return Check(
-            "model.train_eval",
-            "warn",
-            f"eval-mode outputs change between two identical calls (max difference "
-            f"{float((first - second).abs().max()):.3g}): something random runs in eval mode",
-            "use nn.Dropout modules, or pass training=self.training to F.dropout",
-        )
+    jitter = float((first - second).abs().max())
+    if jitter > tolerance:
+        message = f"eval-mode outputs change between two identical calls (max difference {jitter:.3g}): something random runs in eval mode"
+        advice = "use nn.Dropout modules, or pass training=self.training to F.dropout"
+        return Check("model.train_eval", "warn", message, advice)
     difference = float((training - first).abs().max())
     explained = [f"{type(m).__name__}('{n}')" for n, m in ctx.model.named_modules() if _mode_dependent(m)]
+    differ = f"train- and eval-mode outputs differ by up to {difference:.3g}"
     if difference > tolerance and not explained:
-        return Check(
-            "model.train_eval",
-            "warn",
-            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-            "but the model has no dropout or batch-norm module to explain it",
-            "look for code that branches on self.training or keeps state between forward calls",
-        )
+        advice = "look for code that branches on self.training or keeps state between forward calls"
+        return Check("model.train_eval", "warn", f"{differ}, but the model has no dropout or batch-norm module to explain it", advice)
     if difference > tolerance:
-        return Check(
-            "model.train_eval",
-            "pass",
-            f"train- and eval-mode outputs differ by up to {difference:.3g}, "
-            f"explained by {', '.join(explained[:4])}{' ...' if len(explained) > 4 else ''}",
-        )
-    return Check(
-        "model.train_eval", "pass", "train- and eval-mode outputs agree" + (" (no dropout or batch-norm module)" if not explained else "")
-    )
-
-
-def _unknown_loss(ctx: Context, what: str, custom: str) -> str:
-    """Why a check needs a known loss: none was given (a step with loss=None), or it is the user's own."""
-    if ctx.loss_fn is None:
-        return f"no loss says what the step's outputs are (pass loss=...): {what}"
-    return custom
+        more = " ..." if len(explained) > 4 else ""
+        return Check("model.train_eval", "pass", f"{differ}, explained by {', '.join(explained[:4])}{more}")
+    agree = "train- and eval-mode outputs agree" + ("" if explained else " (no dropout or batch-norm module)")
+    return Check("model.train_eval", "pass", agree)
 
 
 def _mode_dependent(module: nn.Module) -> bool:

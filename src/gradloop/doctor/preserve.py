@@ -28,12 +28,7 @@ class ModelSnapshot:
             tensors = {f"p:{n}": p.detach().clone() for n, p in params}
             tensors.update({f"b:{n}": b.detach().clone() for n, b in model.named_buffers() if not is_lazy(b)})
             grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in params}
-        return cls(
-            tensors=tensors,
-            grads=grads,
-            requires_grad={n: p.requires_grad for n, p in params},
-            modes=[m.training for m in model.modules()],
-        )
+        return cls(tensors, grads, {n: p.requires_grad for n, p in params}, [m.training for m in model.modules()])
 
     def restore(self, model: nn.Module) -> None:
         with torch.no_grad():

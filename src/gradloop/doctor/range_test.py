@@ -32,6 +32,7 @@ from .report import Check, Skip
 DIVERGE = 4.0  # smoothed loss above this many times its minimum: diverged
 NO_PROGRESS = 0.9  # best smoothed loss above this share of the starting loss: it never learned
 RULE = "lr at the minimum of the smoothed loss / 10"
+START_LR, END_LR = 1e-7, 10.0  # the range train.lr_find tests (lr_find's defaults)
 
 
 @dataclass
@@ -68,10 +69,7 @@ class LRFindResult:
             low = min(finite + [v for v in self.losses if math.isfinite(v)])
             high = max(finite[: max(3, len(finite) // 10)])
             ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.25 * (high - low + 1e-12))
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("loss")
-        ax.set_title("LR range test")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
         ax.grid(True, alpha=0.3)
         ax.legend()
         return fig
@@ -84,7 +82,8 @@ class LRFindResult:
 
 
 def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
-    """A fresh optimizer of the user's kind over the working copy's parameters, at `lr` if given."""
+    """A fresh optimizer of the user's kind over the working copy's parameters; `lr` is the one a name is
+    built with (None: its default). The range test sets every step's lr itself."""
     spec = ctx.optimizer
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     if not params:
@@ -94,17 +93,12 @@ def make_optimizer(ctx: Context, lr: float | None) -> torch.optim.Optimizer:
         for group in spec.param_groups:
             mapped = [ctx.param_map[id(p)] for p in group["params"] if id(p) in ctx.param_map]
             if mapped:
-                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": mapped})
+                groups.append({**group, "params": mapped})
         try:
-            optimizer = type(spec)(groups or params, **spec.defaults)
+            return type(spec)(groups or params, **spec.defaults)
         except TypeError:  # a custom optimizer whose defaults are not its arguments
-            optimizer = type(spec)(groups or params)
-    else:  # a name or a factory: built as the Trainer builds it
-        optimizer = build_optimizer(spec, ctx.model, lr if lr is not None else ctx.lr)
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-    return optimizer
+            return type(spec)(groups or params)
+    return build_optimizer(spec, ctx.model, lr)  # a name or a factory: built as the Trainer builds it
 
 
 def range_test(ctx: Context, start_lr: float, end_lr: float, num_steps: int, smoothing: float | None = None) -> LRFindResult:
@@ -147,11 +141,9 @@ def range_test(ctx: Context, start_lr: float, end_lr: float, num_steps: int, smo
 
 
 def _result(lrs: list[float], losses: list[float], smoothed: list[float], diverged: float | None) -> LRFindResult:
-    finite = np.array([v if math.isfinite(v) else np.inf for v in smoothed])
-    if not np.isfinite(finite).any():
-        return LRFindResult(lrs, losses, smoothed, None, diverged_lr=diverged)
+    finite = np.array([v if math.isfinite(v) else np.inf for v in smoothed])  # the first is finite: range_test skips otherwise
     lowest = int(np.argmin(finite))
-    start = float(np.mean([v for v in losses[:3] if math.isfinite(v)] or [finite[0]]))
+    start = float(np.mean([v for v in losses[:3] if math.isfinite(v)]))
     steepest = None
     if lowest >= 2:
         slopes = np.gradient(finite[: lowest + 1], np.log(lrs[: lowest + 1]))
@@ -175,29 +167,28 @@ def current_lr(ctx: Context) -> float | None:
 
 
 def check_lr(ctx: Context) -> Check:
-    settings = ctx.settings
-    result = range_test(ctx, settings.lr_find_start, settings.lr_find_end, settings.lr_find_steps)
-    result.current_lr = current_lr(ctx)
+    result = range_test(ctx, START_LR, END_LR, ctx.settings.lr_find_steps)
+    yours = result.current_lr = current_lr(ctx)
     ctx.lr_result = result
-    yours = result.current_lr
     if result.suggestion is None:
-        return Check(
-            "train.lr_find",
-            "warn",
+        message = (
             f"the loss did not fall below {100 * NO_PROGRESS:.0f}% of its start at any LR "
-            f"from {settings.lr_find_start:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)",
-            "the model does not learn at any rate: see train.overfit and train.gradients",
+            f"from {START_LR:g} to {result.lrs[-1]:.2g} ({len(result.lrs)} steps)"
         )
+        advice = "the model does not learn at any rate: see train.overfit and train.gradients"
+        return Check("train.lr_find", "warn", message, advice)
     evidence = f"loss lowest at lr {result.min_loss_lr:.2g}"
     if result.diverged_lr is not None:
         evidence += f", diverges from {result.diverged_lr:.2g}"
     evidence += f"; suggested lr {result.suggestion:.2g} (min-loss lr / 10)"
-    evidence += f"; current lr {yours:.2g}" if yours is not None else ""
+    if yours is None:
+        return Check("train.lr_find", "pass", evidence)
+    evidence += f"; current lr {yours:.2g}"
     use = f"use lr={result.suggestion:.2g} (see lr_find.png)"
-    if yours is not None and result.diverged_lr is not None and yours >= result.diverged_lr:
+    if result.diverged_lr is not None and yours >= result.diverged_lr:
         return Check("train.lr_find", "fail", evidence + ": training at the current lr diverges", use)
-    if yours is not None and result.min_loss_lr is not None and yours > result.min_loss_lr:
+    if result.min_loss_lr is not None and yours > result.min_loss_lr:
         return Check("train.lr_find", "warn", evidence + ": the current lr is past the loss minimum, close to divergence", use)
-    if yours is not None and yours < result.suggestion / 1000:
+    if yours < result.suggestion / 1000:
         return Check("train.lr_find", "warn", evidence + ": the current lr is over 1000x below it, training will be slow", use)
     return Check("train.lr_find", "pass", evidence)

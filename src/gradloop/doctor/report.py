@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES = ("pass", "warn", "fail")
-_LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
 _WIDTH = 100  # characters per printed line; evidence wraps below its check
 _SHOWN = 6  # items listed in one line of evidence
 
@@ -92,7 +91,7 @@ class DoctorReport:
         indent = " " * (6 + name_width + 2)
         lines = [self.summary(), ""]
         for check in self.checks:
-            head = f"{_LABELS[check.status]:<6}{check.name:<{name_width}}  "
+            head = f"{check.status.upper():<6}{check.name:<{name_width}}  "
             lines += textwrap.wrap(check.message, _WIDTH, initial_indent=head, subsequent_indent=indent) or [head]
             if check.advice and check.status != "pass":
                 lines += textwrap.wrap("-> " + check.advice, _WIDTH, initial_indent=indent, subsequent_indent=indent + "   ")
@@ -141,7 +140,3 @@ def listed(values: Sequence[Any]) -> str:
 
 def dtype_of(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
-
-
-def shape_of(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape)} {dtype_of(t)}"

@@ -19,7 +19,7 @@ from ..names.optim import OptimizerSpec
 from ..step import StepFn
 from ..util import first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
-from .context import Context, Settings, StepError
+from .context import Context, Settings, StepError, positive_int
 from .inputs import DataError, read
 from .preserve import ModelSnapshot
 from .range_test import check_lr
@@ -58,10 +58,8 @@ def session(
     positive_int("batch_size", batch_size)
     if step is not None and not callable(step):
         raise TypeError(f"step must be a function (model, batch) -> loss or dict with 'loss'; received: step={step!r}")
-    loss_fn: LossFn | None = None
-    loss_name: str | None = None
-    if loss is not None or step is None:  # without a step, loss=None is refused by resolve_loss
-        loss_fn, loss_name = resolve_loss(loss)  # type: ignore[arg-type]  # a loss module of a known class has its name
+    # Without a step, loss=None is refused by resolve_loss; a loss module of a known class has its name.
+    loss_fn, loss_name = resolve_loss(loss) if loss is not None or step is None else (None, None)
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         torch.cuda.init()  # the checks draw CUDA random numbers: its states must be saved even when seed is None
@@ -142,27 +140,21 @@ def _probe(ctx: Context) -> None:
     train = ctx.train
     if train is None:
         return
-    y: Any = None
     if train.X is not None:
-        finite = (
-            torch.isfinite(train.X.reshape(train.X.shape[0], -1)).all(dim=1)
-            if train.X.is_floating_point()
-            else torch.ones(train.X.shape[0], dtype=torch.bool)
-        )
-        rows = finite.nonzero().reshape(-1)[:2]
+        rows = _finite_rows(train.X).nonzero().reshape(-1)[:2]
         if rows.numel() == 0:
             return
         x: Any = train.X[rows].to(ctx.device)
         y = train.y[rows].to(ctx.device) if train.y is not None else None
     else:
-        x, y = (to_device(part, ctx.device) for part in train.raw_batches[0])
+        x, y = to_device(train.raw_batches[0], ctx.device)
     if ctx.step is not None:
         with torch.no_grad(), eval_mode(ctx.model):
             result = ctx.run_step(x, y)
         ctx.step_outputs = result.outputs is not None and result.targets is not None
         out = result.outputs
     else:
-        out = ctx.forward(x)
+        out, _ = ctx.outputs_of(x, y)
     if isinstance(out, torch.Tensor):
         ctx.n_outputs = int(out.shape[1]) if out.ndim >= 2 else 1
 
@@ -176,11 +168,9 @@ def _select_usable(ctx: Context) -> None:
     if X.shape[0] != y.shape[0]:
         ctx.usable, ctx.excluded = torch.zeros(0, dtype=torch.long), "X and y differ in length (see data.shapes)"
         return
-    keep = torch.ones(X.shape[0], dtype=torch.bool)
-    if X.is_floating_point():
-        keep &= torch.isfinite(X.reshape(X.shape[0], -1)).all(dim=1)
+    keep = _finite_rows(X)
     if y.is_floating_point():
-        keep &= torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1)
+        keep &= _finite_rows(y)
     elif ctx.loss_name in CLASS_INDEX_LOSSES and ctx.n_outputs is not None:
         labels = y.reshape(y.shape[0], -1)
         keep &= ((labels >= 0) & (labels < ctx.n_outputs)).all(dim=1)
@@ -188,17 +178,20 @@ def _select_usable(ctx: Context) -> None:
     ctx.excluded = "every row has NaN/Inf or a label outside the model's outputs (see data.finite, data.labels)"
 
 
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """Which rows hold no NaN/Inf (every row of an integer tensor)."""
+    if not t.is_floating_point():
+        return torch.ones(t.shape[0], dtype=torch.bool)
+    return torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+
+
 def _check_fit(ctx: Context) -> None:
     """Whether the outputs on two usable rows fit the targets and the loss: if not, the checks that
     train or compare losses are skipped rather than all failing with the same error."""
-    train = ctx.train
-    if ctx.probe_error is not None or train is None or ctx.load_error is not None:
-        return
-    if ctx.step is not None and not ctx.step_outputs:
-        return  # nothing to compare: the step's loss is all there is
-    if ctx.step is None and not train.has_targets:
-        return
-    if ctx.usable is not None and ctx.usable.numel() == 0:
+    try:  # nothing to compare where the checks skip anyway (fit_error itself is still None here)
+        ctx.need_model_batch()
+        ctx.need_outputs()  # a step without outputs: its loss is all there is
+    except Skip:
         return
     x, y = ctx.batch(2)  # two rows, as Trainer.fit checks: the same problem in the same words
     ctx.fit_error = model_checks.output_problem(ctx, *ctx.outputs_of(x, y))
@@ -218,12 +211,8 @@ def run_one(ctx: Context, name: str, check: CheckFn) -> Check | str:
     except StepError as err:
         return Check(name, "fail", str(err), STEP_ADVICE)
     except Exception as err:
-        return Check(
-            name,
-            "fail",
-            f"the check raised {_error_line(err)}",
-            "the model or data breaks on this step; a training run would hit the same error",
-        )
+        advice = "the model or data breaks on this step; a training run would hit the same error"
+        return Check(name, "fail", f"the check raised {_error_line(err)}", advice)
 
 
 def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
@@ -238,35 +227,6 @@ def select(names: Sequence[str] | None) -> list[tuple[str, CheckFn]]:
             raise ValueError(f"unknown check {wanted!r}: use a group (data, model, train) or one of {', '.join(CHECK_NAMES)}")
         chosen += [m for m in matches if m not in chosen]
     return [c for c in CHECKS if c in chosen]  # always in the documented order
-
-
-def make_settings(
-    seed: int | None, overfit_steps: int, overfit_samples: int, overfit_lr: float, lr_find_steps: int, max_samples: int
-) -> Settings:
-    for name, value in (
-        ("overfit_steps", overfit_steps),
-        ("overfit_samples", overfit_samples),
-        ("lr_find_steps", lr_find_steps),
-        ("max_samples", max_samples),
-    ):
-        positive_int(name, value)
-    if isinstance(overfit_lr, bool) or not isinstance(overfit_lr, (int, float)) or not overfit_lr > 0:
-        raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={overfit_lr!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
-    return Settings(
-        overfit_steps=overfit_steps,
-        overfit_samples=overfit_samples,
-        overfit_lr=float(overfit_lr),
-        lr_find_steps=lr_find_steps,
-        max_samples=max_samples,
-        seed=seed,
-    )
-
-
-def positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
 def check_writable(directory: Path) -> None:

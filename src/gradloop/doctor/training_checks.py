@@ -4,6 +4,7 @@ step's, with a step, as training computes it."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -28,19 +29,15 @@ def check_gradients(ctx: Context) -> Check:
     trainable = [(n, p) for n, p in named if p.requires_grad]
     frozen = [n for n, p in named if not p.requires_grad]
     if not trainable:
-        return Check(
-            "train.gradients",
-            "fail",
-            f"the model has no trainable parameters (all {len(named)} are frozen)",
-            "unfreeze the layers to train with p.requires_grad_(True)",
-        )
+        advice = "unfreeze the layers to train with p.requires_grad_(True)"
+        return Check("train.gradients", "fail", f"the model has no trainable parameters (all {len(named)} are frozen)", advice)
     loss = ctx.loss_of(x, y)
     if not bool(torch.isfinite(loss)):
         raise Skip("the loss is not finite, so gradients are meaningless (see train.nan_origin)")
     loss.backward()
     missing = [n for n, p in trainable if p.grad is None]
     broken = [n for n, p in trainable if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-    zero = [n for n, p in trainable if p.grad is not None and n not in broken and not bool(p.grad.any())]
+    zero = [n for n, p in trainable if p.grad is not None and not bool(p.grad.any())]  # (NaN counts as non-zero)
     frozen_note = f"; frozen (requires_grad=False): {listed(frozen)}" if frozen else ""
     problems = [
         f"{what}: {listed(names)}"
@@ -52,23 +49,18 @@ def check_gradients(ctx: Context) -> Check:
         if names
     ]
     if problems:
-        return Check(
-            "train.gradients",
-            "fail",
+        message = (
             f"{sum(map(len, (missing, zero, broken)))} of {len(trainable)} trainable parameters get no usable gradient - "
             + "; ".join(problems)
-            + frozen_note,
-            "every layer must be on the path from input to loss without .detach()/.data/no_grad; remove layers forward() never uses",
+            + frozen_note
         )
+        advice = "every layer must be on the path from input to loss without .detach()/.data/no_grad; remove layers forward() never uses"
+        return Check("train.gradients", "fail", message, advice)
     weights = sum(p.numel() for _, p in trainable)
     evidence = f"all {len(trainable)} trainable parameters ({weights:,} weights) get finite, non-zero gradients"
     if frozen:
-        return Check(
-            "train.gradients",
-            "warn",
-            evidence + frozen_note,
-            "frozen on purpose (fine-tuning)? then ignore this; otherwise p.requires_grad_(True)",
-        )
+        advice = "frozen on purpose (fine-tuning)? then ignore this; otherwise p.requires_grad_(True)"
+        return Check("train.gradients", "warn", evidence + frozen_note, advice)
     return Check("train.gradients", "pass", evidence)
 
 
@@ -101,87 +93,61 @@ def check_nan_origin(ctx: Context) -> Check:
             else:
                 origin = f"{_label(name, module)}, from finite inputs"
             if bool(torch.isfinite(loss)):
-                return Check(
-                    "train.nan_origin",
-                    "warn",
-                    f"forward pass: {origin} outputs NaN/Inf, yet the loss is finite",
-                    "masked NaN still poisons gradients: guard the operation (clamp before log/sqrt, add eps to divisors)",
-                )
-            return Check(
-                "train.nan_origin",
-                "fail",
-                f"forward pass: the first NaN/Inf comes from {origin}",
-                "guard the operation: clamp before log/sqrt (x.clamp_min(1e-8)), add eps to divisors, lower the input scale",
-            )
+                advice = "masked NaN still poisons gradients: guard the operation (clamp before log/sqrt, add eps to divisors)"
+                return Check("train.nan_origin", "warn", f"forward pass: {origin} outputs NaN/Inf, yet the loss is finite", advice)
+            advice = "guard the operation: clamp before log/sqrt (x.clamp_min(1e-8)), add eps to divisors, lower the input scale"
+            return Check("train.nan_origin", "fail", f"forward pass: the first NaN/Inf comes from {origin}", advice)
         if not bool(torch.isfinite(loss)):
-            return Check(
-                "train.nan_origin",
-                "fail",
-                f"forward pass: every module output is finite, but the loss is {loss.detach().item()}",
+            message = f"forward pass: every module output is finite, but the loss is {loss.detach().item()}"
+            advice = (
                 "the step's own code produces it: check what it computes the loss from (e.g. log of 0)"
                 if ctx.step is not None
-                else "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)",
+                else "the loss function produces it: check its inputs' range (e.g. log of 0 in a custom loss)"
             )
+            return Check("train.nan_origin", "fail", message, advice)
         loss.backward()
     origin = _backward_origin(ctx.model, trace)
     if origin is not None:
-        return Check(
-            "train.nan_origin",
-            "fail",
-            f"backward pass (the forward pass is finite): {origin}",
-            "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps",
-        )
-    return Check(
-        "train.nan_origin",
-        "pass",
-        f"forward and backward passes are finite on a batch of {length(x)} (every module's output and gradient checked)",
-    )
+        advice = "an operation with an unbounded derivative (sqrt or norm at 0, log near 0, division by ~0): add an eps"
+        return Check("train.nan_origin", "fail", f"backward pass (the forward pass is finite): {origin}", advice)
+    evidence = f"forward and backward passes are finite on a batch of {length(x)} (every module's output and gradient checked)"
+    return Check("train.nan_origin", "pass", evidence)
 
 
-class _hooks:
+@contextlib.contextmanager
+def _hooks(model: nn.Module, trace: _Trace) -> Iterator[None]:
     """Forward hooks that note non-finite outputs, and tensor hooks that note non-finite gradients
     of each module's inputs and outputs. Removed on exit, whatever happened."""
+    names = {module: name for name, module in model.named_modules()}
+    stack: list[str] = []  # modules whose forward() is running, outermost first
 
-    def __init__(self, model: nn.Module, trace: _Trace) -> None:
-        self.model, self.trace = model, trace
-        self.handles: list[Any] = []
-        self.stack: list[str] = []  # modules whose forward() is running, outermost first
-
-    def __enter__(self) -> None:
-        for name, module in self.model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._pre(name)))
-            self.handles.append(module.register_forward_hook(self._post(name)))
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _pre(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any) -> None:
-            self.stack.append(name)
-            for tensor in _tensors(inputs):
-                self._watch_grad(tensor, name, "in")
-
-        return hook
-
-    def _post(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self.stack and self.stack[-1] == name:
-                self.stack.pop()
-            outputs = list(_tensors(output))
-            if not all(_finite(t) for t in outputs):
-                caller = self.stack[-1] if self.stack else ""
-                self.trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), caller))
-            for tensor in outputs:
-                self._watch_grad(tensor, name, "out")
-
-        return hook
-
-    def _watch_grad(self, tensor: torch.Tensor, name: str, kind: str) -> None:
+    def watch_grad(tensor: torch.Tensor, name: str, kind: str) -> None:
         if tensor.requires_grad:
             key = id(tensor)
-            tensor.register_hook(lambda g: self.trace.backward.append((key, name, kind, _finite(g))))
+            tensor.register_hook(lambda g: trace.backward.append((key, name, kind, _finite(g))))
+
+    def pre(module: nn.Module, inputs: Any) -> None:
+        stack.append(names[module])
+        for tensor in _tensors(inputs):
+            watch_grad(tensor, names[module], "in")
+
+    def post(module: nn.Module, inputs: Any, output: Any) -> None:
+        name = names[module]
+        if stack and stack[-1] == name:
+            stack.pop()
+        outputs = list(_tensors(output))
+        if not all(_finite(t) for t in outputs):
+            trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), stack[-1] if stack else ""))
+        for tensor in outputs:
+            watch_grad(tensor, name, "out")
+
+    handles = [module.register_forward_pre_hook(pre) for module in names]
+    handles += [module.register_forward_hook(post) for module in names]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _backward_origin(model: nn.Module, trace: _Trace) -> str | None:
@@ -221,8 +187,7 @@ def check_overfit(ctx: Context) -> Check:
         raise Skip("the initial loss is not finite (see train.nan_origin)")
     optimizer = torch.optim.Adam(params, lr=settings.overfit_lr)
     ctx.model.train()
-    steps = 0
-    for steps in range(1, settings.overfit_steps + 1):
+    for steps in range(1, settings.overfit_steps + 1):  # overfit_steps >= 1: steps is always set
         optimizer.zero_grad(set_to_none=True)
         loss = ctx.loss_of(x, y)
         loss.backward()
@@ -230,32 +195,23 @@ def check_overfit(ctx: Context) -> Check:
         if steps % 10 == 0 or steps == settings.overfit_steps:  # one host sync per 10 steps
             value = loss.detach().item()
             if not math.isfinite(value):
-                return Check(
-                    "train.overfit",
-                    "fail",
-                    f"the loss became {value} after {steps} steps of Adam(lr={settings.overfit_lr:g}) on one batch of {length(x)}",
-                    "see train.nan_origin; lower the learning rate or clip gradients",
-                )
+                message = f"the loss became {value} after {steps} steps of Adam(lr={settings.overfit_lr:g}) on one batch of {length(x)}"
+                advice = "see train.nan_origin; lower the learning rate or clip gradients"
+                return Check("train.overfit", "fail", message, advice)
             if value < 1e-3 * start:
                 break
     end = _eval_loss(ctx, x, y)
     evidence = f"loss on one batch of {length(x)} went from {start:.4g} to {end:.4g} in {steps} steps of Adam(lr={settings.overfit_lr:g})"
     ratio = end / start if start > 0 else 0.0
     if not math.isfinite(end) or ratio > OVERFIT_WARN:
-        return Check(
-            "train.overfit",
-            "fail",
-            evidence,
+        advice = (
             "a model that cannot memorize a few samples has a bug: outputs cut off or scaled to 0, wrong targets or "
-            "loss, frozen layers, or too much regularization",
+            "loss, frozen layers, or too much regularization"
         )
+        return Check("train.overfit", "fail", evidence, advice)
     if ratio > OVERFIT_PASS:
-        return Check(
-            "train.overfit",
-            "warn",
-            evidence + f" ({100 * ratio:.0f}% of the start, not near zero)",
-            "give it more steps (overfit_steps) or capacity, less dropout/weight decay, or check the loss",
-        )
+        advice = "give it more steps (overfit_steps) or capacity, less dropout/weight decay, or check the loss"
+        return Check("train.overfit", "warn", evidence + f" ({100 * ratio:.0f}% of the start, not near zero)", advice)
     return Check("train.overfit", "pass", evidence)
 
 

@@ -25,6 +25,7 @@ outputs (the check's own sync; training itself does not pay it).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,7 @@ import torch
 from ..callbacks.base import CallbackList
 from ..trainer import Trainer
 from ..util import preserved_rng, rng_state, set_rng_state
-from .compare import first_divergence, state_differences, tensor_diff
+from .compare import first_divergence, leaf_differences, state_differences
 from .recording import Interrupted, Recorder
 from .report import Difference, ResumeCheckResult, summarize
 
@@ -88,16 +89,14 @@ def check_resume(
         setup = _setup_differences(straight, first, initial)
         if setup:
             return summarize(setup, total, stop, None)
-        interrupted = runs.fit(first, first_record, train, fit_args)
-        if not interrupted:
+        runs.fit(first, first_record, train, fit_args)
+        if first_record.stopped_where is None:  # it ended before its interruption point
             return summarize(_early_end(straight_record, first_record, first, stop), total, stop, None)
         resumed, resumed_record = runs.make("after the resume", "interrupted")
         runs.fit(resumed, resumed_record, train, {**fit_args, "resume": "last"})  # finds that file, as a requeued job would
 
         differences = first_divergence(straight_record.records, first_record.records + resumed_record.records)
-        names = [name for name, _ in straight.model.named_parameters()]
-        optimizer_names = _optimizer_param_names(straight)
-        differences += state_differences(straight.state_dict(), resumed.state_dict(), optimizer_names or names)
+        differences += state_differences(straight.state_dict(), resumed.state_dict(), _optimizer_param_names(straight))
         return summarize(differences, total, stop, first_record.stopped_where)
 
 
@@ -119,21 +118,15 @@ class _Runs:
         trainer.run_dir = self.folder / run_dir
         if self.steps is not None:
             trainer.max_steps, trainer.max_epochs = self.steps, self.steps  # every epoch takes at least one step
-        recorder = Recorder(phase, stop_at, checkpoint)
+        recorder = Recorder(trainer, phase, stop_at, checkpoint)
         trainer.callbacks = CallbackList([*trainer.callbacks, recorder], rank_zero=trainer.callbacks.rank_zero)
         return trainer, recorder
 
-    def fit(self, trainer: Trainer, recorder: Recorder, train: Any, fit_args: dict[str, Any]) -> bool:
-        """Runs `trainer.fit`; False when it ended before its recorder's interruption point."""
-        recorder.attach(trainer)
+    def fit(self, trainer: Trainer, recorder: Recorder, train: Any, fit_args: dict[str, Any]) -> None:
+        """Runs `trainer.fit` up to its end or its recorder's interruption point."""
         set_rng_state(self.start)
-        try:
+        with contextlib.suppress(Interrupted), recorder.hooked():
             trainer.fit(train, **fit_args)
-        except Interrupted:
-            return True
-        finally:
-            recorder.detach()
-        return recorder.stop_at is None
 
 
 def _interruption_step(total: int, epoch_ends: list[int]) -> int:
@@ -147,14 +140,7 @@ def _setup_differences(straight: Trainer, first: Trainer, initial: dict[str, tor
     if type(first.optimizer) is not type(straight.optimizer):
         kinds = f"{type(straight.optimizer).__name__} vs {type(first.optimizer).__name__}"
         return [Difference("setup", "the optimizer", "the start", detail=kinds)]
-    found = []
-    current = first.model.state_dict()
-    for name in dict.fromkeys([*initial, *current]):
-        if name not in initial or name not in current:
-            found.append(Difference("initial weights", name, "the start", detail="present in one model only"))
-        elif not torch.equal(initial[name], current[name].detach().to(initial[name].device)):
-            found.append(Difference("initial weights", name, "the start", tensor_diff(initial[name], current[name])))
-    return found
+    return leaf_differences("initial weights", initial, first.model.state_dict(), "", "the start")
 
 
 def _early_end(straight: Recorder, first: Recorder, trainer: Trainer, stop: int) -> list[Difference]:

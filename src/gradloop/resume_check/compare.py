@@ -22,10 +22,7 @@ def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> li
         match = others.pop(record.key, None)
         if match is None:
             return [Difference("data", "a batch", record.where, detail="the resumed run never trained on it: it skipped batches")]
-        found = [
-            Difference(_KINDS[name.split("[")[0]], _named(name), match.where, max_abs_diff(a, b) if a and b else None, detail)
-            for name, a, b, detail in _differing(record.values, match.values)
-        ]
+        found = _differing(record.values, match.values, match.where)
         if found:
             return sorted(found, key=lambda d: list(_KINDS.values()).index(d.kind))
     if others:
@@ -35,25 +32,20 @@ def first_divergence(reference: Sequence[Record], other: Sequence[Record]) -> li
     return []
 
 
-def _named(name: str) -> str:
-    return f"the {name[5:-2]} RNG state" if name.startswith("rng[") else name
-
-
-def _differing(a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint]) -> list[tuple[str, Fingerprint | None, Fingerprint | None, str]]:
-    found: list[tuple[str, Fingerprint | None, Fingerprint | None, str]] = []
+def _differing(a: Mapping[str, Fingerprint], b: Mapping[str, Fingerprint], where: str) -> list[Difference]:
+    """The values that differ between two records of the same event, each as a Difference at `where`."""
+    found = []
     for name in dict.fromkeys([*a, *b]):
-        if name not in a or name not in b:
-            found.append((name, None, None, "present in one run only"))
-        elif not a[name].same_as(b[name]):
-            shapes = f"shape {a[name].shape} vs {b[name].shape}" if a[name].shape != b[name].shape else ""
-            found.append((name, a[name], b[name], shapes))
+        kind = _KINDS[name.split("[")[0]]
+        named = f"the {name[5:-2]} RNG state" if name.startswith("rng[") else name
+        x, y = a.get(name), b.get(name)
+        if x is None or y is None:
+            found.append(Difference(kind, named, where, detail="present in one run only"))
+        elif x != y:
+            shapes = f"shape {x.shape} vs {y.shape}" if x.shape != y.shape else ""
+            size = tensor_diff(x.copy, y.copy) if x.copy is not None and y.copy is not None else None
+            found.append(Difference(kind, named, where, size, shapes))
     return found
-
-
-def max_abs_diff(a: Fingerprint, b: Fingerprint) -> float | None:
-    if a.copy is None or b.copy is None:
-        return None
-    return tensor_diff(a.copy, b.copy)
 
 
 def tensor_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -72,16 +64,16 @@ def state_differences(a: dict[str, Any], b: dict[str, Any], param_names: list[st
     weights by parameter name, optimizer state by the parameter it belongs to, RNG by generator,
     history by epoch and name (wall-clock `time` left out)."""
     found: list[Difference] = []
-    found += _leaves("weights", a["model"], b["model"], "")
+    found += leaf_differences("weights", a["model"], b["model"], "")
     found += _optimizer(a["optimizer"], b["optimizer"], param_names)
-    found += _leaves("optimizer", a["scaler"], b["scaler"], "grad scaler")
+    found += leaf_differences("optimizer", a["scaler"], b["scaler"], "grad scaler")
     for generator in dict.fromkeys([*a["rng"], *b["rng"]]):
         if not _same(a["rng"].get(generator), b["rng"].get(generator)):
             found.append(Difference("rng", f"the {generator} RNG state", AT_END))
-    found += _leaves("progress", a["progress"], b["progress"], "trainer.state")
+    found += leaf_differences("progress", a["progress"], b["progress"], "trainer.state")
     found += _history(a["history"]["epochs"], b["history"]["epochs"])
-    found += _leaves("callbacks", a["callbacks"], b["callbacks"], "callback state ")
-    found += _leaves("state", a["resume_point"], b["resume_point"], "resume point")
+    found += leaf_differences("callbacks", a["callbacks"], b["callbacks"], "callback state ")
+    found += leaf_differences("state", a["resume_point"], b["resume_point"], "resume point")
     return found
 
 
@@ -91,9 +83,9 @@ def _optimizer(a: dict[str, Any], b: dict[str, Any], param_names: list[str]) -> 
 
     found = []
     for index in dict.fromkeys([*a["state"], *b["state"]]):
-        found += _leaves("optimizer", a["state"].get(index), b["state"].get(index), f"optimizer state of {named(index)}")
+        found += leaf_differences("optimizer", a["state"].get(index), b["state"].get(index), f"optimizer state of {named(index)}")
     for i, (ga, gb) in enumerate(zip(a["param_groups"], b["param_groups"])):
-        found += _leaves("optimizer", ga, gb, f"optimizer param_groups[{i}]")
+        found += leaf_differences("optimizer", ga, gb, f"optimizer param_groups[{i}]")
     return found
 
 
@@ -108,30 +100,30 @@ def _history(a: list[dict[str, float]], b: list[dict[str, float]]) -> list[Diffe
     return found
 
 
-def _leaves(kind: str, a: Any, b: Any, path: str) -> list[Difference]:
+def leaf_differences(kind: str, a: Any, b: Any, path: str, where: str = AT_END) -> list[Difference]:
     """One Difference per differing leaf (tensor, number, other value), named by its path."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         found = []
         for key in dict.fromkeys([*a, *b]):
             sub = f"{path}[{key!r}]" if path else str(key)
             if key not in a or key not in b:
-                found.append(Difference(kind, sub, AT_END, detail="present in one run only"))
+                found.append(Difference(kind, sub, where, detail="present in one run only"))
             else:
-                found += _leaves(kind, a[key], b[key], sub)
+                found += leaf_differences(kind, a[key], b[key], sub, where)
         return found
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _leaves(kind, x, y, f"{path}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in leaf_differences(kind, x, y, f"{path}[{i}]", where)]
     if _same(a, b):
         return []
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return [Difference(kind, path, AT_END, tensor_diff(a, b))]
-    return [Difference(kind, path, AT_END, _number_diff(a, b), detail=f"{_short(a)} vs {_short(b)}")]
+        return [Difference(kind, path, where, tensor_diff(a, b))]
+    return [Difference(kind, path, where, _number_diff(a, b), detail=f"{_short(a)} vs {_short(b)}")]
 
 
 def _same(a: Any, b: Any) -> bool:
     """Bit-identical: tensors by bytes, floats with NaN equal to NaN, containers element by element."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return fingerprint(a, keep=False).same_as(fingerprint(b, keep=False))
+        return fingerprint(a, keep=False) == fingerprint(b, keep=False)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

@@ -11,6 +11,7 @@ and training never does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -33,10 +34,7 @@ class Fingerprint:
     shape: tuple[int, ...]
     dtype: torch.dtype
     digest: bytes
-    copy: torch.Tensor | None = field(default=None, compare=False)  # None once the run's budget is spent
-
-    def same_as(self, other: "Fingerprint") -> bool:
-        return (self.shape, self.dtype, self.digest) == (other.shape, other.dtype, other.digest)
+    copy: torch.Tensor | None = field(default=None, compare=False)  # None once the run's budget is spent; == ignores it
 
 
 def fingerprint(tensor: torch.Tensor, keep: bool) -> Fingerprint:
@@ -100,27 +98,26 @@ class Recorder(Callback):
 
     priority = 30
 
-    def __init__(self, phase: str, stop_at: int | None = None, checkpoint: Path | None = None) -> None:
-        self.phase, self.stop_at, self.checkpoint = phase, stop_at, checkpoint
+    def __init__(self, trainer: "Trainer", phase: str, stop_at: int | None = None, checkpoint: Path | None = None) -> None:
+        self._trainer, self.phase, self.stop_at, self.checkpoint = trainer, phase, stop_at, checkpoint
         self.records: list[Record] = []
         self.epoch_end_steps: list[int] = []  # global step at each epoch's end
         self.stopped_where: str | None = None
-        self._trainer: Trainer | None = None
         self._calls: dict[tuple[int, int], int] = {}
         self._copied = 0
-        self._handles: list[Any] = []
 
-    def attach(self, trainer: "Trainer") -> None:
-        self._trainer = trainer
-        self._handles = [
-            trainer.model.register_forward_pre_hook(self._on_forward_inputs, with_kwargs=True),
-            trainer.model.register_forward_hook(self._on_forward_outputs),
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[None]:
+        """The model's forward hooks, on for the block."""
+        handles = [
+            self._trainer.model.register_forward_pre_hook(self._on_forward_inputs, with_kwargs=True),
+            self._trainer.model.register_forward_hook(self._on_forward_outputs),
         ]
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
@@ -136,7 +133,7 @@ class Recorder(Callback):
         self.epoch_end_steps.append(trainer.state.global_step)
 
     def _on_forward_inputs(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if module.training and self._trainer is not None:
+        if module.training:
             state = self._trainer.state
             where = (state.epoch, state.batch_in_epoch)
             call = self._calls.get(where, 0)
@@ -147,12 +144,11 @@ class Recorder(Callback):
             self.records[-1].values.update(rng_fingerprints())  # as the forward begins: what dropout and sampling draw from
 
     def _on_forward_outputs(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if module.training and self._trainer is not None and self.records and self.records[-1].key[0] == "forward":
+        if module.training and self.records and self.records[-1].key[0] == "forward":
             for name, tensor in named_tensors(output, "output"):
                 self.records[-1].values[name] = self._fingerprint(tensor)
 
     def _add(self, key: tuple[Any, ...], tensors: dict[str, torch.Tensor]) -> None:
-        assert self._trainer is not None
         values = {name: self._fingerprint(t) for name, t in tensors.items()}
         self.records.append(Record(key, self._trainer.state.global_step, self.phase, values))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 # What each kind of first difference usually means, and the fix.
@@ -62,9 +61,7 @@ class Difference:
     detail: str = ""
 
     def __str__(self) -> str:
-        size = f": max abs diff {self.max_abs_diff:.3g}" if self.max_abs_diff is not None and math.isfinite(self.max_abs_diff) else ""
-        if self.max_abs_diff is not None and not math.isfinite(self.max_abs_diff):
-            size = f": max abs diff {self.max_abs_diff}"
+        size = f": max abs diff {self.max_abs_diff:.3g}" if self.max_abs_diff is not None else ""
         detail = f" ({self.detail})" if self.detail else ""
         return f"{self.kind}: {self.name} differs at {self.where}{size}{detail}"
 
