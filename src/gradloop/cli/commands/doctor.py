@@ -6,18 +6,16 @@ Exit codes: 0 no check failed (with --resume: the resumed run is bit-identical),
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...doctor import doctor as run_doctor
 from ...util import first_line
-from ..config import validate
+from ..config import Config, load_config
 from ..errors import UsageError
 from ..models import resolve_step
 from ..session import build, load_data, resolve_paths
-from ..tomlfile import apply_overrides, read_toml
 
 RESUME_EPOCHS = 3  # --resume without --steps: the config's run, cut to this many epochs
 
@@ -32,19 +30,19 @@ def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
         print(f"FAIL  data.load  {err}")
         return 1
     train, data = session.config.train, session.data
-    options = {
-        "loss": train.loss,  # with a step: what its outputs and targets are, if train.loss says (else None)
-        "step": session.step,
-        "val": data.val,
-        "optimizer": train.optimizer,
-        "lr": train.lr,
-        "batch_size": config.data.batch_size,
-        "device": train.device,
-    }
-    accepted = inspect.signature(run_doctor).parameters
-    print(f"gradloop doctor: {path} ({session.spec.describe()})", flush=True)
+    print(f"gradloop doctor: {path} ({session.data.spec.describe()})", flush=True)
     try:
-        report = run_doctor(session.model, data.train, **{k: v for k, v in options.items() if k in accepted})
+        report = run_doctor(
+            session.model,
+            data.train,
+            loss=train.loss,  # with a step: what its outputs and targets are, if train.loss says (else None)
+            step=session.step,
+            val=data.val,
+            optimizer=train.optimizer,
+            lr=train.lr,
+            batch_size=config.data.batch_size,
+            device=train.device,
+        )
     except (ValueError, TypeError) as err:
         raise UsageError(first_line(err)) from None
     print(report)
@@ -67,7 +65,7 @@ def doctor_resume(config_path: str, overrides: Sequence[str] = (), steps: int | 
     per_epoch = math.ceil(math.ceil(len(data.train[1]) / config.data.batch_size) / config.train.accumulate_grad_batches)
     if steps is None:
         epochs = min(config.train.max_epochs, RESUME_EPOCHS)
-        steps = max(2, min(epochs * per_epoch, config.train.max_steps or math.inf))  # type: ignore[arg-type]
+        steps = max(2, min(epochs * per_epoch, config.train.max_steps or epochs * per_epoch))
 
     def factory() -> Any:  # a fresh, seeded model and Trainer each call, as `gradloop fit` builds them
         return build(config, search_paths=search, data=data, default_callbacks=False).trainer
@@ -78,9 +76,8 @@ def doctor_resume(config_path: str, overrides: Sequence[str] = (), steps: int | 
     return 0 if result.ok else 1
 
 
-def _read(config_path: str, overrides: Sequence[str]) -> tuple[Path, Any]:
+def _read(config_path: str, overrides: Sequence[str]) -> tuple[Path, Config]:
     path = Path(config_path)
-    config = validate(apply_overrides(read_toml(path), overrides), str(path))
-    config = resolve_paths(config, path.parent.resolve())
+    config = resolve_paths(load_config(path, overrides), path.parent.resolve())
     resolve_step(config.train.step, [path.parent.resolve()])  # a bad train.step is the config's fault: exit 2, not a failed check
     return path, config
