@@ -7,8 +7,9 @@ Reading, `--set` overrides and writing TOML live in `tomlfile.py`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -352,16 +353,22 @@ def _dotted(loc: Sequence[Any]) -> str:
 
 
 def _fields_at(loc: Sequence[Any]) -> list[str]:
-    model: Any = Config
+    model: type[BaseModel] = Config
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
+        field = model.model_fields.get(str(part))
+        inner = section_model(field.annotation) if field else None
+        if inner is None:
             return []
-        annotation = field.annotation
-        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return []
+        model = inner
     return list(model.model_fields)
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The table a field holds: `DataConfig` for `DataConfig` and for `EarlyStoppingConfig | None`; None for a value."""
+    for candidate in (annotation, *get_args(annotation)):
+        if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _show(value: Any) -> str:

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
         )
 
+    def run_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--set",
@@ -116,17 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="the run directory to create (default: runs/<config name>-<time>)")
 
     p = command("resume", "continue a run from its newest checkpoint")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument("--max-epochs", type=int, metavar="N", help="raise the run's max_epochs (counted from its start)")
 
     p = command("eval", "evaluate a run's final model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument(
         "--data", metavar="CONFIG_OR_FILE", help="a config (its [data]) or a labelled CSV / .npz / IDX folder; default: the run's own data"
     )
 
     p = command("predict", "predict with a run's final model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument("input", metavar="INPUT", help="a CSV (feature columns), .npz (X), .npy, or IDX folder/file")
     p.add_argument("--out", metavar="FILE", help="write the CSV here (default: stdout)")
 

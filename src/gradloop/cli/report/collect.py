@@ -34,9 +34,6 @@ class FileCheck:
     ok: bool
     detail: str  # what it holds when ok, what is wrong otherwise
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "ok": self.ok, "detail": self.detail}
-
 
 @dataclass
 class RunData:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict
 from html import escape
 from typing import Any, Sequence
 
@@ -196,7 +197,7 @@ def _json_data(runs: Sequence[RunData], version: str) -> str:
                 "path": str(r.path),
                 "metrics": [{k: _finite(v) for k, v in row.items()} for row in r.rows],
                 "settings": r.settings,
-                "checkpoints": [f.to_dict() for f in r.files],
+                "checkpoints": [asdict(f) for f in r.files],
                 "doctor": r.doctor,
             }
             for r in runs
