@@ -128,15 +128,11 @@ def read_npz(path: Path, target_required: bool = True) -> Table:
     """Arrays `X` and `y` from an .npz file (loaded without pickle)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "X" not in keys or (target_required and "y" not in keys):
-                raise UsageError(f"{path}: an .npz needs arrays 'X' and 'y'; it has: {', '.join(keys) or 'none'}")
-            X = archive["X"]
-            y = archive["y"] if "y" in keys else None
-    except UsageError:
-        raise
+            keys, X, y = archive.files, archive.get("X"), archive.get("y")
     except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"{path}: cannot be read as .npz: {first_line(err)}") from None
+    if X is None or (target_required and y is None):
+        raise UsageError(f"{path}: an .npz needs arrays 'X' and 'y'; it has: {', '.join(keys) or 'none'}")
     return Table(X, y, None, str(path))
 
 

@@ -110,9 +110,7 @@ def _checked(outputs: Any, spec: Any, n: int, step: str | None) -> Any:
 
 def _write_csv(header: list[str], rows: list[list[Any]], out: str | None) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     if out is None:
         sys.stdout.write(buffer.getvalue())
         return

@@ -17,7 +17,6 @@ from ...util import first_line
 from ..config import Config, load_config, validate
 from ..demo import demo_config
 from ..errors import UsageError
-from ..models import count_parameters
 from ..rundir import CONFIG_FILE, DATA_FILE, RunDir, RunRecorder, check_new_run_dir, default_run_dir, status_for
 from ..saved import open_run
 from ..session import Session, build, describe_device, resolve_paths
@@ -115,7 +114,7 @@ def _print_header(session: Session, run_dir: Path) -> None:
     print("\n".join(settings_lines(session.config.resolved())))
     print(f"data:    {session.data.spec.describe()}")
     print(f"device:  {describe_device(session.trainer)}")
-    print(f"model:   {session.config.model.name}, {count_parameters(session.model):,} parameters")
+    print(f"model:   {session.config.model.name}, {sum(p.numel() for p in session.model.parameters()):,} parameters")
     print(f"run dir: {run_dir}", flush=True)
 
 

@@ -79,10 +79,8 @@ def collect(path: Path, rows: list[dict[str, Any]], label: str) -> RunData:
             first_checkpoint = info  # newest first: the one a resume would take
     if (path / CONFIG_FILE).is_file():
         try:
-            run.settings, run.settings_source = (
-                {key: value_text(v) for key, v in flatten(read_toml(path / CONFIG_FILE)).items()},
-                CONFIG_FILE,
-            )
+            run.settings = {key: value_text(v) for key, v in flatten(read_toml(path / CONFIG_FILE)).items()}
+            run.settings_source = CONFIG_FILE
         except UsageError as err:
             run.settings_source = f"{CONFIG_FILE} cannot be read: {err}"
     elif first_checkpoint is not None:
