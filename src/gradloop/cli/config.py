@@ -162,13 +162,10 @@ class TrainConfig(_Section):
         return options | ({"momentum": self.momentum} if self.momentum is not None else {})
 
     def trainer_options(self) -> dict[str, Any]:
-        """The keyword arguments of gl.Trainer that this section sets (all but `step`, resolved elsewhere)."""
-        return {
-            "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "metrics": self.metrics,
-            "max_epochs": self.max_epochs, "max_steps": self.max_steps, "device": self.device, "precision": self.precision,
-            "grad_clip_norm": self.grad_clip_norm, "accumulate_grad_batches": self.accumulate_grad_batches,
-            "seed": self.seed, "optimizer_options": self.optimizer_options() or None, "compile": self.compile,
-        }  # fmt: skip
+        """The keyword arguments of gl.Trainer that this section sets: every key but the optimizer's own
+        (in `optimizer_options`), `threads` (set for the process) and `step` (resolved elsewhere)."""
+        options = self.model_dump(exclude={"weight_decay", "momentum", "threads", "step"})
+        return options | {"optimizer_options": self.optimizer_options() or None}
 
     @field_validator("loss")
     @classmethod
