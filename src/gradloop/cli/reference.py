@@ -71,13 +71,12 @@ def _render_section(title: str, model: type[BaseModel], holder: FieldInfo | None
     elif title.startswith("callbacks."):
         lines += [f"Present (even empty, `[{title}]`), it turns the callback on.", ""]
     keys = {name: field for name, field in model.model_fields.items() if section_model(field.annotation) is None}
-    if not keys:
-        return "\n".join(lines)
-    lines += ["| key | type | default | description |", "|---|---|---|---|"]
-    for name, field in keys.items():
-        cells = (f"`{name}`", _type_of(field), _default_of(field), field.description or "")
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    lines.append("")
+    if keys:
+        lines += ["| key | type | default | description |", "|---|---|---|---|"]
+        for name, field in keys.items():
+            cells = (f"`{name}`", _type_of(field), _default_of(field), field.description or "")
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -55,9 +55,7 @@ def resolve_paths(config: Config, base: Path | None) -> Config:
             where = " or ".join(str(p.parent) for p in dict.fromkeys(candidates))
             raise UsageError(f"data.{key}: file {value!r} does not exist (looked in {where})")
         updates[key] = str(found.resolve())
-    if updates:
-        config = config.model_copy(update={"data": data.model_copy(update=updates)})
-    return config
+    return config.model_copy(update={"data": data.model_copy(update=updates)})
 
 
 def resolve_defaults(config: Config, spec: DataSpec) -> Config:
