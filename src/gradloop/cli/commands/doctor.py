@@ -21,10 +21,10 @@ RESUME_EPOCHS = 3  # --resume without --steps: the config's run, cut to this man
 
 
 def doctor(config_path: str, overrides: Sequence[str] = ()) -> int:
-    path, config = _read(config_path, overrides)
+    path, config, search = _read(config_path, overrides)
     # lenient: data and model faults are the doctor's to report, not ours to reject
     try:
-        session = build(config, search_paths=[path.parent.resolve()], with_callbacks=False, default_callbacks=False, strict=False)
+        session = build(config, search_paths=search, with_callbacks=False, default_callbacks=False, strict=False)
     except UsageError as err:  # the config was read and its files exist: what fails now is the data itself
         print(f"gradloop doctor: {path}: FAILED - the data cannot be used")
         print(f"FAIL  data.load  {err}")
@@ -53,8 +53,7 @@ def doctor_resume(config_path: str, overrides: Sequence[str] = (), steps: int | 
     """`gl.check_resume` on the config's model, data and callbacks: prints the result, 0 when bit-identical."""
     from ...resume_check import check_resume
 
-    path, config = _read(config_path, overrides)
-    search = [path.parent.resolve()]
+    path, config, search = _read(config_path, overrides)
     try:
         data = load_data(config)
         build(config, search_paths=search, data=data, default_callbacks=False)  # every check of `fit`, once
@@ -76,8 +75,10 @@ def doctor_resume(config_path: str, overrides: Sequence[str] = (), steps: int | 
     return 0 if result.ok else 1
 
 
-def _read(config_path: str, overrides: Sequence[str]) -> tuple[Path, Config]:
+def _read(config_path: str, overrides: Sequence[str]) -> tuple[Path, Config, list[Path]]:
+    """The config, its paths resolved, and where its modules are imported from (its folder)."""
     path = Path(config_path)
-    config = resolve_paths(load_config(path, overrides), path.parent.resolve())
-    resolve_step(config.train.step, [path.parent.resolve()])  # a bad train.step is the config's fault: exit 2, not a failed check
-    return path, config
+    search = [path.parent.resolve()]
+    config = resolve_paths(load_config(path, overrides), search[0])
+    resolve_step(config.train.step, search)  # a bad train.step is the config's fault: exit 2, not a failed check
+    return path, config, search
