@@ -101,8 +101,7 @@ def build_callbacks(config: Config) -> list[Any]:
         if section is None:
             continue
         cls = getattr(importlib.import_module(f"gradloop.callbacks.{module}"), name)
-        unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
-        options = section.model_dump(exclude=unset)
+        options = section.model_dump(exclude_none=True)  # an unset key is one the callback defaults (monitor: val_loss)
         if key == "mlflow":
             options["params"] = config.resolved()  # the whole config as params: train.lr, data.batch_size, ...
         try:

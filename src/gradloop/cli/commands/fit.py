@@ -52,7 +52,7 @@ def start(config: Config, stem: str, run_dir: str | None, search_paths: Sequence
         run.discard()
         raise UsageError(f"run directory {str(target)!r} cannot be written: {err.strerror}") from None
     _print_header(session, target)
-    return train(session, run, recorder, resume=None, fresh=True)
+    return train(session, run, recorder, resume=None)
 
 
 def resume(run_dir: str, max_epochs: int | None = None) -> int:
@@ -66,11 +66,12 @@ def resume(run_dir: str, max_epochs: int | None = None) -> int:
     if max_epochs is not None:
         (path / CONFIG_FILE).write_text(session.config.to_toml())
     _print_header(session, path)
-    return train(session, RunDir(path), recorder, resume="last", fresh=False)
+    return train(session, RunDir(path), recorder, resume="last")
 
 
-def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | None, fresh: bool) -> int:
-    """Runs `Trainer.fit`, records the outcome in run.json and prints the summary."""
+def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | None) -> int:
+    """Runs `Trainer.fit`, records the outcome in run.json and prints the summary. A fresh run
+    (`resume=None`) that fails before its first checkpoint leaves no run directory behind."""
     trainer, data = session.trainer, session.data
     trainer.resume_command = f"gradloop resume {shlex.quote(str(run.path))}"  # printed after SIGTERM/SIGINT
     epochs_before = len(read_metrics(run.path / "metrics.csv")) if resume else 0
@@ -87,12 +88,12 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
     except Exception as err:
         message = first_line(err)
         if not recorder.started:  # rejected before the first step: bad input, nothing to keep
-            if fresh:
+            if resume is None:
                 run.discard()
             raise UsageError(message) from None
         error = f"{type(err).__name__}: {message}"
         recorder.finish("failed", error=error)
-        if fresh and not run.has_checkpoint():
+        if resume is None and not run.has_checkpoint():
             run.discard()
             what_now = f"no checkpoint was written, so {run.path} was removed"
         else:
