@@ -7,8 +7,9 @@ Reading, `--set` overrides and writing TOML live in `tomlfile.py`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -161,13 +162,10 @@ class TrainConfig(_Section):
         return options | ({"momentum": self.momentum} if self.momentum is not None else {})
 
     def trainer_options(self) -> dict[str, Any]:
-        """The keyword arguments of gl.Trainer that this section sets (all but `step`, resolved elsewhere)."""
-        return {
-            "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "metrics": self.metrics,
-            "max_epochs": self.max_epochs, "max_steps": self.max_steps, "device": self.device, "precision": self.precision,
-            "grad_clip_norm": self.grad_clip_norm, "accumulate_grad_batches": self.accumulate_grad_batches,
-            "seed": self.seed, "optimizer_options": self.optimizer_options() or None, "compile": self.compile,
-        }  # fmt: skip
+        """The keyword arguments of gl.Trainer that this section sets: every key but the optimizer's own
+        (in `optimizer_options`), `threads` (set for the process) and `step` (resolved elsewhere)."""
+        options = self.model_dump(exclude={"weight_decay", "momentum", "threads", "step"})
+        return options | {"optimizer_options": self.optimizer_options() or None}
 
     @field_validator("loss")
     @classmethod
@@ -352,16 +350,22 @@ def _dotted(loc: Sequence[Any]) -> str:
 
 
 def _fields_at(loc: Sequence[Any]) -> list[str]:
-    model: Any = Config
+    model: type[BaseModel] = Config
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
+        field = model.model_fields.get(str(part))
+        inner = section_model(field.annotation) if field else None
+        if inner is None:
             return []
-        annotation = field.annotation
-        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return []
+        model = inner
     return list(model.model_fields)
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The table a field holds: `DataConfig` for `DataConfig` and for `EarlyStoppingConfig | None`; None for a value."""
+    for candidate in (annotation, *get_args(annotation)):
+        if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _show(value: Any) -> str:

@@ -61,10 +61,6 @@ def read_table(path: Path, target: str | None, kind: str | None = None, split: s
     if path.is_dir():  # an IDX folder: the `split` files ("t10k" for eval/predict), else the training files
         table = read_idx_folder(path, split, required=False) if split != "train" else None
         return table or read_idx_folder(path, "train")  # type: ignore[return-value]
-    return _read_idx_file(path, target_required)
-
-
-def _read_idx_file(path: Path, target_required: bool) -> Table:
     if target_required:
         raise UsageError(f"{path}: a single IDX file has no labels: pass the IDX folder instead")
     return Table(read_idx(path), None, None, str(path))
@@ -74,14 +70,7 @@ def load_bundled(name: str) -> RawData:
     """One of scikit-learn's bundled datasets (no download). Digits come as 8x8 images."""
     import sklearn.datasets as sk
 
-    loader = {
-        "digits": sk.load_digits,
-        "iris": sk.load_iris,
-        "wine": sk.load_wine,
-        "breast_cancer": sk.load_breast_cancer,
-        "diabetes": sk.load_diabetes,
-    }[name]
-    bunch = loader()
+    bunch = getattr(sk, f"load_{name}")()  # config.BUNDLED: each has a sklearn.datasets.load_<name>
     X = bunch.images if name == "digits" else bunch.data
     features = None if name == "digits" else [str(f) for f in bunch.feature_names]
     if name in REGRESSION_DATASETS:

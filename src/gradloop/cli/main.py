@@ -91,48 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+    def command(name: str, help: str, overrides: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+        if overrides:
+            p.add_argument(
+                "--set",
+                dest="overrides",
+                action="append",
+                default=[],
+                metavar="SECTION.KEY=VALUE",
+                help="override a config value (a TOML value, e.g. train.lr=0.01); repeatable",
+            )
+        return p
 
-    def overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override a config value (a TOML value, e.g. train.lr=0.01); repeatable",
-        )
+    def run_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
 
-    p = command("demo", "train the embedded default: a small CNN on the bundled 8x8 digits")
-    overrides(p)
+    p = command("demo", "train the embedded default: a small CNN on the bundled 8x8 digits", overrides=True)
     p.add_argument("--run-dir", metavar="DIR", help="the run directory to create (default: runs/demo-<time>)")
 
-    p = command("fit", "train the run described by a TOML config")
+    p = command("fit", "train the run described by a TOML config", overrides=True)
     p.add_argument("config", metavar="CONFIG.toml", help="the run's settings ([data], [model], [train], [callbacks.*])")
-    overrides(p)
     p.add_argument("--run-dir", metavar="DIR", help="the run directory to create (default: runs/<config name>-<time>)")
 
     p = command("resume", "continue a run from its newest checkpoint")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument("--max-epochs", type=int, metavar="N", help="raise the run's max_epochs (counted from its start)")
 
     p = command("eval", "evaluate a run's final model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument(
         "--data", metavar="CONFIG_OR_FILE", help="a config (its [data]) or a labelled CSV / .npz / IDX folder; default: the run's own data"
     )
 
     p = command("predict", "predict with a run's final model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `gradloop fit`")
+    run_dir(p)
     p.add_argument("input", metavar="INPUT", help="a CSV (feature columns), .npz (X), .npy, or IDX folder/file")
     p.add_argument("--out", metavar="FILE", help="write the CSV here (default: stdout)")
 
-    p = command("doctor", "sanity-check a config's data and model before a long run")
+    p = command("doctor", "sanity-check a config's data and model before a long run", overrides=True)
     p.add_argument("config", metavar="CONFIG.toml", help="the run's settings")
-    overrides(p)
     p.add_argument(
         "--resume",
         action="store_true",

@@ -193,7 +193,3 @@ def from_factory(spec: str, input_shape: Sequence[int], num_outputs: int, option
     if not isinstance(model, nn.Module):
         raise UsageError(f"model.name {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

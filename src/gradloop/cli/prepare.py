@@ -59,12 +59,9 @@ class DataSpec:
     def inputs(self, table: Table, check_finite: bool = True) -> np.ndarray:
         """The table's inputs, columns matched and shaped for the model, standardized, float32."""
         X = _columns_for(self, table)
-        if X.ndim == 1:
-            X = X.reshape(-1, 1)
         if X.shape[0] == 0:
             raise UsageError(f"{table.where}: no samples: the data needs at least one")
-        if X.dtype.kind not in "biuf":
-            raise UsageError(f"{table.where}: inputs have dtype {X.dtype}, not numbers: gradloop reads numeric features only")
+        X = _numbers(X, table.where)
         shape = tuple(self.input_shape)
         if tuple(X.shape[1:]) != shape:
             if int(np.prod(X.shape[1:])) != int(np.prod(shape)):
@@ -193,12 +190,7 @@ def split_indices(labels: np.ndarray | None, n: int, fraction: float, seed: int,
 
 def fit_standardization(spec: DataSpec, table: Table, rows: np.ndarray, check_finite: bool = True) -> None:
     """Per-feature mean/std for tabular data; one mean/std for images (ndim >= 3 per sample)."""
-    X = np.asarray(table.X)
-    if X.ndim == 1:
-        X = X.reshape(-1, 1)
-    if X.dtype.kind not in "biuf":
-        raise UsageError(f"{table.where}: inputs have dtype {X.dtype}, not numbers: gradloop reads numeric features only")
-    X = X.astype(np.float64)
+    X = _numbers(np.asarray(table.X), table.where).astype(np.float64)
     if check_finite:
         _check_finite(X, table)
     X = X[rows]
@@ -216,6 +208,15 @@ def fit_standardization(spec: DataSpec, table: Table, rows: np.ndarray, check_fi
 def _safe_std(std: Any) -> np.ndarray:
     std = np.asarray(std, dtype=np.float64)
     return np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)  # a constant feature stays 0 after centering
+
+
+def _numbers(X: np.ndarray, where: str) -> np.ndarray:
+    """X with one row per sample (a 1-D X is one feature), or a UsageError when it is not numeric."""
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.dtype.kind not in "biuf":
+        raise UsageError(f"{where}: inputs have dtype {X.dtype}, not numbers: gradloop reads numeric features only")
+    return X
 
 
 def _check_finite(X: np.ndarray, table: Table) -> None:

@@ -128,15 +128,11 @@ def read_npz(path: Path, target_required: bool = True) -> Table:
     """Arrays `X` and `y` from an .npz file (loaded without pickle)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "X" not in keys or (target_required and "y" not in keys):
-                raise UsageError(f"{path}: an .npz needs arrays 'X' and 'y'; it has: {', '.join(keys) or 'none'}")
-            X = archive["X"]
-            y = archive["y"] if "y" in keys else None
-    except UsageError:
-        raise
+            keys, X, y = archive.files, archive.get("X"), archive.get("y")
     except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"{path}: cannot be read as .npz: {first_line(err)}") from None
+    if X is None or (target_required and y is None):
+        raise UsageError(f"{path}: an .npz needs arrays 'X' and 'y'; it has: {', '.join(keys) or 'none'}")
     return Table(X, y, None, str(path))
 
 
@@ -150,19 +146,13 @@ def read_npy(path: Path) -> Table:
 
 
 # ------------------------------------------------------------------------------------ IDX
-def idx_files(folder: Path, split: str) -> tuple[Path | None, Path | None]:
-    """The images and labels files of `split` ("train" or "t10k") in an MNIST-style folder."""
+def read_idx_folder(folder: Path, split: str, required: bool = True) -> Table | None:
+    """Images and labels of one split ("train" or "t10k") of an IDX folder; None if absent and not `required`."""
 
     def find(kind: str) -> Path | None:
-        matches = sorted(p for p in folder.iterdir() if p.name.startswith(f"{split}-{kind}") and "ubyte" in p.name)
-        return matches[0] if matches else None
+        return min((p for p in folder.iterdir() if p.name.startswith(f"{split}-{kind}") and "ubyte" in p.name), default=None)
 
-    return find("images"), find("labels")
-
-
-def read_idx_folder(folder: Path, split: str, required: bool = True) -> Table | None:
-    """Images and labels of one split of an IDX folder; None if absent and not `required`."""
-    images, labels = idx_files(folder, split)
+    images, labels = find("images"), find("labels")
     if images is None or labels is None:
         if not required and images is None and labels is None:
             return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import types
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, Union, get_args, get_origin
@@ -21,7 +20,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from ..util import atomic_write
-from .config import Config
+from .config import Config, section_model
+from .tomlfile import toml_literal
 
 COMMAND = "python -m gradloop.cli.reference --out docs/config-reference.md"
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", Any: "any value"}
@@ -53,19 +53,12 @@ def _sections(model: type[BaseModel], path: tuple[str, ...]) -> Iterator[tuple[s
     """(TOML table name, its model, the field that holds it) for every table, depth first; a table
     that only holds tables (`[callbacks]`) is not listed itself."""
     for name, field in model.model_fields.items():
-        inner = _section_model(field.annotation)
+        inner = section_model(field.annotation)
         if inner is None:
             continue
-        if any(_section_model(f.annotation) is None for f in inner.model_fields.values()) or not inner.model_fields:
+        if any(section_model(f.annotation) is None for f in inner.model_fields.values()) or not inner.model_fields:
             yield ".".join((*path, name)), inner, field
         yield from _sections(inner, (*path, name))
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (annotation, *get_args(annotation)):
-        if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
 
 
 def _render_section(title: str, model: type[BaseModel], holder: FieldInfo | None) -> str:
@@ -77,14 +70,13 @@ def _render_section(title: str, model: type[BaseModel], holder: FieldInfo | None
         lines += ["This table is required.", ""]
     elif title.startswith("callbacks."):
         lines += [f"Present (even empty, `[{title}]`), it turns the callback on.", ""]
-    keys = {name: field for name, field in model.model_fields.items() if _section_model(field.annotation) is None}
-    if not keys:
-        return "\n".join(lines)
-    lines += ["| key | type | default | description |", "|---|---|---|---|"]
-    for name, field in keys.items():
-        cells = (f"`{name}`", _type_of(field), _default_of(field), field.description or "")
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    lines.append("")
+    keys = {name: field for name, field in model.model_fields.items() if section_model(field.annotation) is None}
+    if keys:
+        lines += ["| key | type | default | description |", "|---|---|---|---|"]
+        for name, field in keys.items():
+            cells = (f"`{name}`", _type_of(field), _default_of(field), field.description or "")
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -100,7 +92,7 @@ def _type_name(annotation: Any) -> str:
         named = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(named) + (" (optional)" if type(None) in args else "")
     if origin is Literal:
-        return "one of " + ", ".join(_toml(a) for a in args)
+        return "one of " + ", ".join(toml_literal(a) for a in args)
     if origin is list:
         return f"array of {_type_name(args[0])}s" if args else "array"
     if origin is dict:
@@ -116,20 +108,7 @@ def _default_of(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, BaseModel):
         return "—"
-    return f"`{_toml(value)}`"
-
-
-def _toml(value: Any) -> str:
-    """A value as TOML writes it: `true`, `"adam"`, `[128]`, `0.001`, `{}`."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+    return f"`{toml_literal(value)}`"
 
 
 def _cell(text: str) -> str:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.toml"
 DATA_FILE = "data.json"
-STATUSES = ("running", "finished", "stopped early", "interrupted", "failed")
 
 
 def default_run_dir(stem: str, root: Path = Path("runs")) -> Path:
@@ -54,14 +53,13 @@ class RunDir:
         self.path = path
         self.created: list[Path] = []  # directories made here, innermost first
 
-    def create(self) -> Path:
+    def create(self) -> None:
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UsageError(f"run directory {str(self.path)!r} cannot be created: {err.strerror}") from None
         self.created = missing
-        return self.path
 
     def has_checkpoint(self) -> bool:
         return any((self.path / "checkpoints").glob("*.ckpt"))

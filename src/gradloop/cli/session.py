@@ -39,10 +39,6 @@ class Session:
     trainer: Any  # gl.Trainer
     step: Any = None  # the resolved train.step function, or None
 
-    @property
-    def spec(self) -> DataSpec:
-        return self.data.spec
-
 
 def resolve_paths(config: Config, base: Path | None) -> Config:
     """Makes data paths absolute: relative ones are looked up beside the config file, then in the CWD."""
@@ -59,9 +55,7 @@ def resolve_paths(config: Config, base: Path | None) -> Config:
             where = " or ".join(str(p.parent) for p in dict.fromkeys(candidates))
             raise UsageError(f"data.{key}: file {value!r} does not exist (looked in {where})")
         updates[key] = str(found.resolve())
-    if updates:
-        config = config.model_copy(update={"data": data.model_copy(update=updates)})
-    return config
+    return config.model_copy(update={"data": data.model_copy(update=updates)})
 
 
 def resolve_defaults(config: Config, spec: DataSpec) -> Config:
@@ -106,11 +100,8 @@ def build_callbacks(config: Config) -> list[Any]:
         section = getattr(config.callbacks, key)
         if section is None:
             continue
-        cls = callback_class(module, name)
-        if cls is None:
-            raise UsageError(f"[callbacks.{key}]: gl.{name} is not available in this gradloop installation yet: remove the table")
-        unset = {"monitor"} if getattr(section, "monitor", None) is None else set()  # the callback's default
-        options = section.model_dump(exclude=unset)
+        cls = getattr(importlib.import_module(f"gradloop.callbacks.{module}"), name)
+        options = section.model_dump(exclude_none=True)  # an unset key is one the callback defaults (monitor: val_loss)
         if key == "mlflow":
             options["params"] = config.resolved()  # the whole config as params: train.lr, data.batch_size, ...
         try:
@@ -118,13 +109,6 @@ def build_callbacks(config: Config) -> list[Any]:
         except (TypeError, ValueError, ImportError) as err:
             raise UsageError(f"[callbacks.{key}]: {first_line(err)}") from None
     return callbacks
-
-
-def callback_class(module: str, name: str) -> type | None:
-    try:
-        return getattr(importlib.import_module(f"gradloop.callbacks.{module}"), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def load_data(config: Config, spec: DataSpec | None = None, check_finite: bool = True) -> Prepared:

@@ -49,8 +49,7 @@ def metric_mode(name: str) -> str:
 
 def best_epoch(rows: Sequence[dict[str, float]], monitor: str) -> tuple[int, float] | None:
     """(epoch index, value) of the best finite `monitor` value, or None."""
-    values = [(i, row.get(monitor, math.nan)) for i, row in enumerate(rows)]
-    values = [(i, v) for i, v in values if isinstance(v, float) and math.isfinite(v)]
+    values = [(i, row[monitor]) for i, row in enumerate(rows) if isinstance(row.get(monitor), float) and math.isfinite(row[monitor])]
     if not values:
         return None
     pick = min if metric_mode(monitor) == "min" else max

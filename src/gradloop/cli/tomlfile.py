@@ -67,7 +67,7 @@ def dumps_toml(tables: dict[str, Any]) -> str:
     sections = [(name, values) for name, values in tables.items() if name != "callbacks"] + sections
     lines = []
     for name, values in sections:
-        lines += [f"[{name}]", *(f"{_key(k)} = {_literal(v)}" for k, v in values.items()), ""]
+        lines += [f"[{name}]", *(f"{_key(k)} = {toml_literal(v)}" for k, v in values.items()), ""]
     return "\n".join(lines)
 
 
@@ -75,9 +75,10 @@ def _key(key: str) -> str:
     return tomli_w.dumps({key: 0}).split(" = ", 1)[0]
 
 
-def _literal(value: Any) -> str:
+def toml_literal(value: Any) -> str:
+    """A value as TOML writes it: `true`, `"adam"`, `[128, 64]`, `0.001`, `{}`."""
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_literal(v)}" for k, v in value.items()) + " }" if value else "{}"
+        return "{ " + ", ".join(f"{_key(k)} = {toml_literal(v)}" for k, v in value.items()) + " }" if value else "{}"
     return tomli_w.dumps({"v": value}).split(" = ", 1)[1].strip()

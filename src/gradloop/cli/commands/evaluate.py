@@ -12,11 +12,11 @@ import numpy as np
 
 from ...util import first_line
 from ..config import load_config
-from ..datasets import load_raw, read_table
+from ..datasets import read_table
 from ..errors import UsageError
-from ..prepare import Pair, prepare
+from ..prepare import Pair
 from ..saved import inference_trainer, open_run
-from ..session import resolve_paths
+from ..session import load_data, resolve_paths
 from ..summary import fmt
 
 
@@ -44,7 +44,7 @@ def _splits(run: Any, data: str | None) -> list[tuple[str, Pair]]:
         if data is not None:
             path = Path(data)
             config = resolve_paths(load_config(path), path.parent.resolve())
-        prepared = prepare(load_raw(config.data), config.data, config.train.seed, spec)
+        prepared = load_data(config, spec)
         splits = [(role, pair) for role, pair in (("val", prepared.val), ("test", prepared.test)) if pair is not None]
         if not splits:
             print("gradloop: note: no validation or test data (data.val_split = 0): evaluating on the training data", file=sys.stderr)
@@ -110,9 +110,7 @@ def _checked(outputs: Any, spec: Any, n: int, step: str | None) -> Any:
 
 def _write_csv(header: list[str], rows: list[list[Any]], out: str | None) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     if out is None:
         sys.stdout.write(buffer.getvalue())
         return

@@ -14,24 +14,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...util import first_line
-from ..config import Config, validate
+from ..config import Config, load_config, validate
 from ..demo import demo_config
 from ..errors import UsageError
-from ..models import count_parameters
 from ..rundir import CONFIG_FILE, DATA_FILE, RunDir, RunRecorder, check_new_run_dir, default_run_dir, status_for
 from ..saved import open_run
 from ..session import Session, build, describe_device, resolve_paths
 from ..summary import best_epoch, default_monitor, fmt, headline, metrics_text, read_metrics, settings_lines
-from ..tomlfile import apply_overrides, read_toml
+from ..tomlfile import apply_overrides
 
 
 def fit(config_path: str, overrides: Sequence[str] = (), run_dir: str | None = None) -> int:
     """Trains the run described by CONFIG.toml (plus `--set` overrides) into a new run directory."""
     path = Path(config_path)
-    config = validate(apply_overrides(read_toml(path), overrides), str(path))
     base = path.parent.resolve()
-    config = resolve_paths(config, base)
-    return start(config, path.stem, run_dir, search_paths=[base])
+    return start(resolve_paths(load_config(path, overrides), base), path.stem, run_dir, search_paths=[base])
 
 
 def demo(overrides: Sequence[str] = (), run_dir: str | None = None) -> int:
@@ -44,18 +41,18 @@ def demo(overrides: Sequence[str] = (), run_dir: str | None = None) -> int:
 def start(config: Config, stem: str, run_dir: str | None, search_paths: Sequence[Path] = ()) -> int:
     target = Path(run_dir) if run_dir else default_run_dir(stem)
     check_new_run_dir(target)
-    recorder = RunRecorder(target, _command_line(), config_dir=str(search_paths[0]) if search_paths else None)
+    recorder = _recorder(target, search_paths)
     session = build(config, run_dir=target, search_paths=search_paths, extra_callbacks=[recorder])
     run = RunDir(target)
     run.create()
     try:
         (target / CONFIG_FILE).write_text(session.config.to_toml())
-        session.spec.save(target / DATA_FILE)
+        session.data.spec.save(target / DATA_FILE)
     except OSError as err:
         run.discard()
         raise UsageError(f"run directory {str(target)!r} cannot be written: {err.strerror}") from None
     _print_header(session, target)
-    return train(session, run, recorder, resume=None, fresh=True)
+    return train(session, run, recorder, resume=None)
 
 
 def resume(run_dir: str, max_epochs: int | None = None) -> int:
@@ -64,17 +61,17 @@ def resume(run_dir: str, max_epochs: int | None = None) -> int:
     path, config = saved.path, saved.config
     if max_epochs is not None:
         config = config.model_copy(update={"train": config.train.model_copy(update={"max_epochs": max_epochs})})
-    config_dir = str(saved.search_paths[0]) if saved.search_paths else None
-    recorder = RunRecorder(path, _command_line(), config_dir=config_dir)
+    recorder = _recorder(path, saved.search_paths)
     session = build(config, run_dir=path, spec=saved.spec, search_paths=saved.search_paths, extra_callbacks=[recorder])
     if max_epochs is not None:
         (path / CONFIG_FILE).write_text(session.config.to_toml())
     _print_header(session, path)
-    return train(session, RunDir(path), recorder, resume="last", fresh=False)
+    return train(session, RunDir(path), recorder, resume="last")
 
 
-def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | None, fresh: bool) -> int:
-    """Runs `Trainer.fit`, records the outcome in run.json and prints the summary."""
+def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | None) -> int:
+    """Runs `Trainer.fit`, records the outcome in run.json and prints the summary. A fresh run
+    (`resume=None`) that fails before its first checkpoint leaves no run directory behind."""
     trainer, data = session.trainer, session.data
     trainer.resume_command = f"gradloop resume {shlex.quote(str(run.path))}"  # printed after SIGTERM/SIGINT
     epochs_before = len(read_metrics(run.path / "metrics.csv")) if resume else 0
@@ -91,22 +88,17 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
     except Exception as err:
         message = first_line(err)
         if not recorder.started:  # rejected before the first step: bad input, nothing to keep
-            if fresh:
+            if resume is None:
                 run.discard()
             raise UsageError(message) from None
-        recorder.finish("failed", error=f"{type(err).__name__}: {message}")
-        if fresh and not run.has_checkpoint():
+        error = f"{type(err).__name__}: {message}"
+        recorder.finish("failed", error=error)
+        if resume is None and not run.has_checkpoint():
             run.discard()
-            print(
-                f"gradloop: error: training failed ({type(err).__name__}: {message}); no checkpoint was written, so {run.path} was removed",
-                file=sys.stderr,
-            )
+            what_now = f"no checkpoint was written, so {run.path} was removed"
         else:
-            print(
-                f"gradloop: error: training failed ({type(err).__name__}: {message}); "
-                f"resume from the last checkpoint with: gradloop resume {run.path}",
-                file=sys.stderr,
-            )
+            what_now = f"resume from the last checkpoint with: gradloop resume {run.path}"
+        print(f"gradloop: error: training failed ({error}); {what_now}", file=sys.stderr)
         return 1
     recorder.finish(status_for(trainer.stop_reason), stop_reason=trainer.stop_reason)
     if resume and epochs_before and len(history.epochs) <= epochs_before:
@@ -121,9 +113,9 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
 def _print_header(session: Session, run_dir: Path) -> None:
     print(f"settings (saved in {run_dir / CONFIG_FILE}):")
     print("\n".join(settings_lines(session.config.resolved())))
-    print(f"data:    {session.spec.describe()}")
+    print(f"data:    {session.data.spec.describe()}")
     print(f"device:  {describe_device(session.trainer)}")
-    print(f"model:   {session.config.model.name}, {count_parameters(session.model):,} parameters")
+    print(f"model:   {session.config.model.name}, {sum(p.numel() for p in session.model.parameters()):,} parameters")
     print(f"run dir: {run_dir}", flush=True)
 
 
@@ -152,5 +144,6 @@ def _print_summary(session: Session, rows: list[dict[str, Any]], run_dir: Path, 
     print(f"  predict: gradloop predict {run_dir} INPUT.csv --out predictions.csv")
 
 
-def _command_line() -> str:
-    return shlex.join(["gradloop", *sys.argv[1:]])
+def _recorder(run_dir: Path, search_paths: Sequence[Path]) -> RunRecorder:
+    command = shlex.join(["gradloop", *sys.argv[1:]])
+    return RunRecorder(run_dir, command, config_dir=str(search_paths[0]) if search_paths else None)

@@ -11,6 +11,7 @@ the value (validation that did not run) is left out and the line joins its neigh
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from html import escape
@@ -129,13 +130,8 @@ def not_drawn(series: Sequence[Series]) -> list[str]:
 
 
 def _segments(points: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
-    segments: list[list[tuple[int, float]]] = [[]]
-    for epoch, value in points:
-        if math.isfinite(value):
-            segments[-1].append((epoch, value))
-        elif segments[-1]:
-            segments.append([])
-    return [s for s in segments if s]
+    """The runs of finite points: a NaN or Inf breaks the line."""
+    return [list(run) for finite, run in itertools.groupby(points, key=lambda point: math.isfinite(point[1])) if finite]
 
 
 def _domain(values: list[float]) -> tuple[float, float, list[float]]:

@@ -34,9 +34,6 @@ class FileCheck:
     ok: bool
     detail: str  # what it holds when ok, what is wrong otherwise
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "ok": self.ok, "detail": self.detail}
-
 
 @dataclass
 class RunData:
@@ -82,10 +79,8 @@ def collect(path: Path, rows: list[dict[str, Any]], label: str) -> RunData:
             first_checkpoint = info  # newest first: the one a resume would take
     if (path / CONFIG_FILE).is_file():
         try:
-            run.settings, run.settings_source = (
-                {key: value_text(v) for key, v in flatten(read_toml(path / CONFIG_FILE)).items()},
-                CONFIG_FILE,
-            )
+            run.settings = {key: value_text(v) for key, v in flatten(read_toml(path / CONFIG_FILE)).items()}
+            run.settings_source = CONFIG_FILE
         except UsageError as err:
             run.settings_source = f"{CONFIG_FILE} cannot be read: {err}"
     elif first_checkpoint is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict
 from html import escape
 from typing import Any, Sequence
 
@@ -156,12 +157,10 @@ def _doctor(runs: Sequence[RunData]) -> str:
         if r.doctor is None:
             parts.append(_note(r.doctor_error or "no doctor.json"))
             continue
-        checks = [c for c in r.doctor["checks"] if isinstance(c, dict)]
-        text = {key: [str(c.get(key) or "") for c in checks] for key in ("status", "name", "message", "advice")}
-        rows = [
-            _tr([_td(status.upper(), status), _td(name), _td(message), _td(advice)])
-            for status, name, message, advice in zip(*text.values())
-        ]
+        rows = []
+        for check in (c for c in r.doctor["checks"] if isinstance(c, dict)):
+            status, name, message, advice = (str(check.get(key) or "") for key in ("status", "name", "message", "advice"))
+            rows.append(_tr([_td(status.upper(), status), _td(name), _td(message), _td(advice)]))
         parts.append(_note("no check failed" if r.doctor.get("ok") else "a check failed"))
         parts.append(_table(["status", "check", "evidence", "advice"], rows, "doctor"))
     return "".join(parts)
@@ -170,20 +169,16 @@ def _doctor(runs: Sequence[RunData]) -> str:
 def _checkpoints(runs: Sequence[RunData]) -> str:
     parts = ["<h2>Checkpoints</h2>"]
     for r in runs:
-        parts.append(f"<h3>{escape(r.label)}</h3>")
-        rows = [
-            _tr(
-                [_td(f.name), _td(size_text(f.size), "num"), _td("ok" if f.ok else "FAIL", "ok" if f.ok else "fail"), _td(f.detail)],
-                file=f.name,
-                verified=str(f.ok).lower(),
-            )
-            for f in r.files
-        ]
-        parts.append(
+        rows = []
+        for f in r.files:
+            verified = _td("ok", "ok") if f.ok else _td("FAIL", "fail")
+            rows.append(_tr([_td(f.name), _td(size_text(f.size), "num"), verified, _td(f.detail)], file=f.name, verified=str(f.ok).lower()))
+        table = (
             _table(["file", "size", "verifies", "holds / what is wrong"], rows, "files")
             if rows
             else _note("no checkpoints, no model.safetensors")
         )
+        parts += [f"<h3>{escape(r.label)}</h3>", table]
     return "".join(parts)
 
 
@@ -196,7 +191,7 @@ def _json_data(runs: Sequence[RunData], version: str) -> str:
                 "path": str(r.path),
                 "metrics": [{k: _finite(v) for k, v in row.items()} for row in r.rows],
                 "settings": r.settings,
-                "checkpoints": [f.to_dict() for f in r.files],
+                "checkpoints": [asdict(f) for f in r.files],
                 "doctor": r.doctor,
             }
             for r in runs
