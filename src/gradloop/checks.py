@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,19 +17,15 @@ from .step import Step, StepResult, batch_size_of, call_model, describe, logits_
 from .util import first_line, preserved_rng
 
 
-class eval_mode:
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Puts every module in eval mode and restores each module's own mode afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        for module, training in self.modes:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
             module.training = training
 
 
@@ -70,11 +67,11 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metri
 def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> StepResult:
     try:
         return step(model, sample)
-    except (ValueError, TypeError) as err:
-        if "step(model, batch)" in str(err):  # the returned value is wrong: that message says how
-            raise
-        raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
     except Exception as err:  # any failure here is the user's step meeting the user's data
+        if isinstance(err, (ValueError, TypeError)) and "step(model, batch)" in str(
+            err
+        ):  # the returned value is wrong: that message says how
+            raise
         raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
 
 

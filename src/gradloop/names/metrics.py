@@ -336,12 +336,18 @@ class MetricSet:
         torchmetrics states are gathered by torchmetrics, reduced as each metric declares."""
         for obj in self.objects.values():
             metric_objects.gather(obj)
-        counts = torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device)
-        parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts]
+        parts = self._parts(with_counts=True)
         total = torch.split(distributed.all_reduce_sum(torch.cat(parts)), [part.numel() for part in parts])
         self.loss_sum, self.grad_norm_sum = total[0].reshape(()).clone(), total[1].reshape(()).clone()
         self.value_sums, self.sums = total[2].clone(), [chunk.clone() for chunk in total[3:-1]]
         self.count, self.grad_norm_steps = (int(v) for v in total[-1].tolist())
+
+    def _parts(self, with_counts: bool = False) -> list[torch.Tensor]:
+        """The sums in the order `compute` reads them: loss, grad norm, values, metrics (then the counts)."""
+        parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums]
+        if with_counts:
+            parts.append(torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device))
+        return parts
 
     def compute(self, prefix: str = "") -> dict[str, float]:
         """Reads every sum in one host transfer and returns `{prefix + name: float}`.
@@ -351,16 +357,10 @@ class MetricSet:
         """
         count, grad_norm_steps = self.count, self.grad_norm_steps
         if distributed.active():
-            counts = torch.tensor([count, grad_norm_steps], dtype=self.dtype, device=self.device)
-            packed = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts])
-            values = distributed.all_reduce_sum(packed).tolist()  # the one collective, and the one sync
+            values = distributed.all_reduce_sum(torch.cat(self._parts(with_counts=True))).tolist()  # the one collective, and the one sync
             count, grad_norm_steps = int(values[-2]), int(values[-1])
-        elif count == 0:
-            return {}
-        else:
-            values = torch.cat(
-                [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums]
-            ).tolist()  # the one sync
+        elif count:
+            values = torch.cat(self._parts()).tolist()  # the one sync
         if count == 0:
             return {}
         logs = {f"{prefix}loss": values[0] / count}
