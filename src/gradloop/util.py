@@ -247,25 +247,20 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises FileNotFoundError when there is no file and ValueError when it is not a readable CSV.
     """
-    rows = []
     with open(path, newline="", encoding="utf-8") as handle:
         try:
             records = list(csv.DictReader(handle))
         except csv.Error as err:
             raise ValueError(f"{os.fspath(path)!r} is not a readable CSV file: {err}") from None
-    for record in records:
-        row: dict[str, Any] = {}
-        for name, cell in record.items():
-            if name is None or cell is None or cell == "":
-                continue
-            try:
-                value = float(cell)
-            except ValueError:
-                row[name] = cell
-                continue
-            row[name] = int(value) if name == "epoch" else value
-        rows.append(row)
-    return rows
+    return [{name: _cell_value(name, cell) for name, cell in record.items() if name is not None and cell} for record in records]
+
+
+def _cell_value(name: str, cell: str) -> Any:
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return int(value) if name == "epoch" else value
 
 
 # --------------------------------------------------------------------------------- processes

@@ -181,8 +181,8 @@ class OrderedBatchSampler(Sampler[list[int]]):
     gradloop sees the same samples in the same order as with `DataLoader(dataset, shuffle=True)`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False, shard: tuple[int, int, bool] | None = None) -> None:
-        self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+    def __init__(self, num_samples: int, batch_size: int, shard: tuple[int, int, bool] | None = None) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(num_samples, self.rank, self.world_size, self.pad)
         self.seed: int | None = None
@@ -190,8 +190,6 @@ class OrderedBatchSampler(Sampler[list[int]]):
         self.worker_seed: int | None = None  # set: each batch carries its seed for the worker that loads it
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.shard_samples // self.batch_size
         return -(-self.shard_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -236,9 +236,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
     raise TypeError(f"metrics must be names or callables(outputs, targets) -> tensor; received: {metric!r}")
 
 
-def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name: str | None) -> list[Metric]:
-    if metrics is None:
-        return []
+def resolve_metrics(metrics: Sequence[str | MetricFn | Metric], loss_name: str | None) -> list[Metric]:
     if isinstance(metrics, (str, Metric)) or callable(metrics):
         metrics = [metrics]
     resolved = [resolve_metric(m, loss_name) for m in metrics]

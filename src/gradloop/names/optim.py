@@ -54,12 +54,10 @@ def build_optimizer(
             return OPTIMIZERS[name](params, **kwargs)
         except TypeError as err:
             raise TypeError(f"optimizer {spec!r} rejected its options {kwargs}: {err}") from None
-    if callable(spec):
-        optimizer = spec(params)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
-        return optimizer
-    raise AssertionError("unreachable: check_optimizer_args accepts nothing else")
+    optimizer = spec(params)  # a factory: check_optimizer_args accepts nothing else
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
+    return optimizer
 
 
 def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = None) -> None:

@@ -79,14 +79,7 @@ class CheckpointWriteError(CheckpointError, OSError):
 # --------------------------------------------------------------------------------- names
 def path_in(directory: str | os.PathLike[str], name: str) -> Path:
     """`directory / name` for a file name made by gradloop; refuses anything that could leave `directory`."""
-    if (
-        not name
-        or name in (".", "..")
-        or name.startswith(".")
-        or "\x00" in name
-        or os.sep in name
-        or (os.altsep is not None and os.altsep in name)
-    ):
+    if not name or name.startswith(".") or "\x00" in name or os.sep in name or (os.altsep is not None and os.altsep in name):
         raise ValueError(f"checkpoint name {name!r} must be a plain file name (no path separators, not hidden)")
     return Path(directory) / name
 
