@@ -35,6 +35,11 @@ Batch = tuple[Any, Any]
 _CUDA_RESIDENT_FRACTION = 0.25  # in-memory data up to this share of free GPU memory lives on the GPU
 
 
+def permutation(num_samples: int, seed: int) -> torch.Tensor:
+    """The order of an epoch shuffled with `seed`, as `RandomSampler` derives it from the seed it draws."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+
+
 def _draw_seed() -> int:
     return int(torch.empty((), dtype=torch.int64).random_().item())
 
@@ -120,10 +125,7 @@ class TensorBatches:
         return _new_order(self.shuffle, self.world_size)
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Any]:
-        index = None
-        if order["seed"] is not None:
-            generator = torch.Generator().manual_seed(order["seed"])
-            index = torch.randperm(self.num_samples, generator=generator)
+        index = None if order["seed"] is None else permutation(self.num_samples, order["seed"])
         return self.batches_of(index, start_batch)
 
     def batches_of(self, index: torch.Tensor | None, start_batch: int = 0) -> Iterator[Any]:
@@ -196,11 +198,7 @@ class OrderedBatchSampler(Sampler[list[int]]):
         if self.seed is None and self.world_size == 1:
             order = list(range(self.num_samples))
         else:
-            index = (
-                torch.arange(self.num_samples)
-                if self.seed is None
-                else torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed))
-            )
+            index = torch.arange(self.num_samples) if self.seed is None else permutation(self.num_samples, self.seed)
             order = distributed.shard_index(index, self.rank, self.world_size, self.pad).tolist()
         for b in range(self.start_batch, len(self)):
             indices = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -308,14 +306,11 @@ class LoaderBatches:
         if isinstance(dataset, IterableDataset):
             return None
         try:
-            size = len(dataset)  # type: ignore[arg-type]
-            samples = [dataset[i] for i in range(min(n, size))]
+            samples = [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
             collated = self.loader.collate_fn(samples) if samples else None
         except Exception:  # an unusual dataset: the first training batch is checked instead
             return None
-        if collated is None:
-            return None
-        return to_device(collated, self.device)
+        return None if collated is None else to_device(collated, self.device)
 
 
 def user_generators(loader: DataLoader) -> list[torch.Generator]:

@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torch.utils.data._utils.collate import default_collate
 
 from . import distributed
-from .batches import TensorBatches, generator_states, set_generator_states
+from .batches import TensorBatches, generator_states, permutation, set_generator_states
 
 
 def _draw(generator: torch.Generator | None) -> int:
@@ -129,7 +129,7 @@ class IndexedLoaderBatches:
         if self._permutation is not None and self._permutation[0] is order:
             index = self._permutation[1]
         elif order["seed"] is not None:
-            index = torch.randperm(self.tensors.num_samples, generator=torch.Generator().manual_seed(order["seed"]))
+            index = permutation(self.tensors.num_samples, order["seed"])
         elif order.get("generator_state") is not None:  # a resumed epoch: the permutation from the saved state
             generator = torch.Generator()
             generator.set_state(order["generator_state"])
