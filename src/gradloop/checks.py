@@ -99,8 +99,7 @@ def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Ste
         _raise(fit_problem(output, targets, loss_name, role, ignore_index))
     if loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
         labels = batches.targets if isinstance(batches, TensorBatches) else None
-        loader = getattr(batches, "loader", None)  # a DataLoader, batched as given or by index
-        dataset = loader.dataset if loader is not None else None
+        dataset = getattr(getattr(batches, "loader", None), "dataset", None)  # a DataLoader's, batched as given or by index
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
             labels = dataset.tensors[1]
         if labels is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -545,9 +546,7 @@ class Trainer:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            tempfile.TemporaryFile(dir=self.run_dir).close()  # a probe, gone once closed
         except OSError as err:
             raise ValueError(f"run_dir {str(self.run_dir)!r} cannot be written ({err.strerror}): choose a writable directory") from err
 
