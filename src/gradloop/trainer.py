@@ -33,7 +33,7 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
-from .util import did_you_mean, preserved_rng, seed_everything, weights_are_finite
+from .util import did_you_mean, length_or_none, preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -263,7 +263,7 @@ class Trainer:
         # Under torchrun, callbacks that run on every rank see the mean loss of all ranks, so that
         # per-batch decisions (TerminateOnNaN) agree: one all-reduce per batch, only then.
         reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
-        k, num_batches = self.accumulate_grad_batches, _length(batches)
+        k, num_batches = self.accumulate_grad_batches, length_or_none(batches)
         assert self.resume_point.order is not None
         with sync_debug(self._sync_mode):  # the steps: no host sync (the user may check it with torch.cuda.set_sync_debug_mode)
             for batch in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
@@ -531,7 +531,7 @@ class Trainer:
     def _resume_settings(self, train: Batches, batch_size: int, shuffle: bool) -> dict[str, Any]:
         return {
             "batch_size": batch_size,
-            "num_batches": _length(train),
+            "num_batches": length_or_none(train),
             "num_samples": train.dataset_size,
             "shuffle": shuffle,
             "accumulate_grad_batches": self.accumulate_grad_batches,
@@ -566,13 +566,6 @@ def _share_of_group(batches: Batches, batch: int, group_start: int, group_size: 
     if None in sizes or len(set(sizes)) == 1:
         return group_size
     return sizes[batch - group_start] / sum(sizes)  # type: ignore[operator, arg-type]
-
-
-def _length(batches: Batches) -> int | None:
-    try:
-        return len(batches)
-    except TypeError:
-        return None
 
 
 def _name_of(fn: Any) -> str:

@@ -241,6 +241,15 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
     return bool(finite)
 
 
+# --------------------------------------------------------------------------------- sizes
+def length_or_none(sized: Any) -> int | None:
+    """`len(sized)`, or None for what has no length (an IterableDataset, a loader over one)."""
+    try:
+        return len(sized)
+    except TypeError:
+        return None
+
+
 # --------------------------------------------------------------------------------- run records
 def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a metrics.csv as dicts of numbers (`epoch` an int, values floats), empty cells left out.

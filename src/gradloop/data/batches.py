@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
+from ..util import length_or_none
 from . import distributed
 from .devices import to_device, tree_map
 from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
@@ -230,10 +231,7 @@ class LoaderBatches:
 
     @property
     def dataset_size(self) -> int | None:
-        try:
-            return len(self.loader.dataset)  # type: ignore[arg-type]
-        except TypeError:
-            return None
+        return length_or_none(self.loader.dataset)
 
     def size_of_batch(self, index: int) -> int | None:
         """Samples in batch `index` when the batching is known (plain samplers), else None."""
@@ -369,7 +367,7 @@ def make_batches(
     """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages.
 
     `shard`: under torchrun, batch only this rank's part (padded to equal parts for "train").
-    `loader_options`: DataLoader settings for a Dataset (checked by `loader_options.check`).
+    `loader_options`: DataLoader settings for a Dataset (checked by `loader_options.loader_options_for`).
     """
     from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
 
@@ -470,9 +468,5 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _check_not_empty(dataset: Any, role: str) -> None:
-    try:
-        size = len(dataset)
-    except TypeError:
-        return
-    if size == 0:
+    if length_or_none(dataset) == 0:
         raise ValueError(f"{role} dataset is empty: it needs at least one sample")

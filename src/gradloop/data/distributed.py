@@ -217,10 +217,8 @@ def barrier() -> None:
 
 def broadcast_int(value: int) -> int:
     """Rank 0's `value` on every rank; `value` when alone."""
-    if not active():
-        return value
-    holder = torch.tensor([value], dtype=torch.int64, device=_collective_device())
-    dist.broadcast(holder, src=0)
+    holder = torch.tensor([value], dtype=torch.int64)
+    broadcast_(holder)
     return int(holder.item())
 
 
