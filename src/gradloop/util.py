@@ -152,10 +152,8 @@ def first_line(error: BaseException | str) -> str:
 
     An exception without a message gives its type's name, so an error line is never empty.
     """
-    for line in str(error).strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__ if isinstance(error, BaseException) else ""
+    fallback = type(error).__name__ if isinstance(error, BaseException) else ""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), fallback)
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:

@@ -89,13 +89,10 @@ def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = No
 
 def _check_owns_model(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
     model_params = {id(p) for p in model.parameters()}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if id(param) not in model_params:
-                raise ValueError(
-                    "the optimizer holds parameters that are not the model's: build it from "
-                    "model.parameters() of the model passed to Trainer"
-                )
+    if any(id(param) not in model_params for group in optimizer.param_groups for param in group["params"]):
+        raise ValueError(
+            "the optimizer holds parameters that are not the model's: build it from model.parameters() of the model passed to Trainer"
+        )
 
 
 def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
