@@ -138,17 +138,10 @@ class TorchMetric(Metric):
         self.metric = metric
         self.loss_name = loss_name
 
-    def update(self, state: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Updates `state`, this pass's copy of the metric (see `MetricSet`)."""
-        metric_objects.update(state, outputs, targets, self.loss_name)
-
-    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.zeros(0, device=outputs.device)  # no running sums: the metric's own state holds the pass
-
     def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
         """A scratch copy updates on the sample batch and, when it can compute on so few, must give one number."""
         scratch = metric_objects.fresh_copy(self.metric, outputs.device)
-        self.update(scratch, outputs, targets)
+        metric_objects.update(scratch, outputs, targets, self.loss_name)
         scratch.distributed_available_fn = lambda: False  # a check on one rank: no collective
         try:
             with warnings.catch_warnings():
@@ -324,7 +317,7 @@ class MetricSet:
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
                 if isinstance(metric, TorchMetric):
-                    metric.update(self.objects[metric.name], outputs, targets)
+                    metric_objects.update(self.objects[metric.name], outputs, targets, metric.loss_name)
                 else:
                     total += metric.batch_sums(outputs, targets, n)
         self.count += n
