@@ -41,8 +41,9 @@ def permutation(num_samples: int, seed: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
 
 
-def _draw_seed() -> int:
-    return int(torch.empty((), dtype=torch.int64).random_().item())
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """An int64 seed drawn as a DataLoader iterator and a RandomSampler draw theirs (None: the global RNG)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
 
 def as_tensor(array: Any, what: str) -> torch.Tensor:
@@ -339,8 +340,8 @@ def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
     `base_seed` is where a DataLoader iterator's base seed comes from: gradloop's loaders with
     workers derive each batch's worker seed from it.
     """
-    base_seed = _draw_seed()
-    seed = _draw_seed() if shuffle else None
+    base_seed = draw_seed()
+    seed = draw_seed() if shuffle else None
     if seed is not None and world_size > 1:
         seed = distributed.broadcast_int(seed)
     return {"seed": seed, "base_seed": base_seed}
