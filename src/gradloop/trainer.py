@@ -192,7 +192,8 @@ class Trainer:
         self.batches_per_epoch = self.fit_settings["num_batches"]
         self.log_names = self.logged_names(val_batches is not None)
         self._prepare_run_dir()
-        with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
+        lock = RunLock(self.run_dir) if self.run_dir is not None and distributed.is_rank_zero() else contextlib.nullcontext()
+        with lock:
             try:
                 return self._fit(train_batches, val_batches, resume)
             finally:
@@ -549,10 +550,6 @@ class Trainer:
             tempfile.TemporaryFile(dir=self.run_dir).close()  # a probe, gone once closed
         except OSError as err:
             raise ValueError(f"run_dir {str(self.run_dir)!r} cannot be written ({err.strerror}): choose a writable directory") from err
-
-
-def _run_lock(run_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
-    return RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
 
 
 def _share_of_group(batches: Batches, batch: int, group_start: int, group_size: int) -> float | int:
