@@ -507,16 +507,15 @@ class Trainer:
 
     def _write_resume_point(self, name: str, where: str) -> None:
         finite = self.run_dir is not None and weights_are_finite(self.model)  # under FSDP a collective
-        if not distributed.is_rank_zero():  # FSDP: the other ranks write their shards, quietly
-            if finite:
-                self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")  # type: ignore[operator]
+        if finite:  # FSDP: the other ranks write their shards too, quietly
+            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")  # type: ignore[operator]
+        if not distributed.is_rank_zero():
             return
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
         elif not finite:
             print(f"gradloop: {name} at {where}: weights are not finite, the last good checkpoint is kept", file=sys.stderr)
         else:
-            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
             print(f"gradloop: {name} at {where}: checkpoint written to {path}", file=sys.stderr)
             print(f"gradloop: resume with: {self.resume_command or layout.default_resume_hint(self.run_dir)}", file=sys.stderr)
 
