@@ -29,6 +29,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@preserved_rng()  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
 def check_model_fits_data(
     model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str = "train"
 ) -> list[str] | None:
@@ -38,11 +39,6 @@ def check_model_fits_data(
     and the fix. Returns the names of the values the step logs besides the loss (None when the data
     cannot be sampled ahead, e.g. an IterableDataset: the first batch tells then).
     """
-    with preserved_rng():  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
-        return _check_model_fits_data(model, batches, step, metrics, role)
-
-
-def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str) -> list[str] | None:
     sample = batches.peek(2)
     if sample is None:
         return None
