@@ -64,10 +64,8 @@ def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> Step
     try:
         return step(model, sample)
     except Exception as err:  # any failure here is the user's step meeting the user's data
-        if isinstance(err, (ValueError, TypeError)) and "step(model, batch)" in str(
-            err
-        ):  # the returned value is wrong: that message says how
-            raise
+        if isinstance(err, (ValueError, TypeError)) and "step(model, batch)" in str(err):
+            raise  # the returned value is wrong: that message says how
         raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
 
 
