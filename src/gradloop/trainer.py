@@ -33,7 +33,7 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
-from .util import did_you_mean, length_or_none, preserved_rng, seed_everything, weights_are_finite
+from .util import check_positive_int, did_you_mean, length_or_none, preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -73,10 +73,10 @@ class Trainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
-        _check_positive_int("max_epochs", max_epochs)
+        check_positive_int("max_epochs", max_epochs)
         if max_steps is not None:
-            _check_positive_int("max_steps", max_steps)
-        _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
+            check_positive_int("max_steps", max_steps)
+        check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         if grad_clip_norm is not None and (
             isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not grad_clip_norm > 0
         ):
@@ -123,7 +123,7 @@ class Trainer:
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
         if val_every_n_steps is not None:
-            _check_positive_int("val_every_n_steps", val_every_n_steps)
+            check_positive_int("val_every_n_steps", val_every_n_steps)
         self.val_every_n_steps = val_every_n_steps
         self.validating_at_step: int | None = None  # the global step of a validation inside an epoch, while it runs
         self.seed = seed
@@ -576,8 +576,3 @@ def _count(meter: MetricSet, result: StepResult, batch: Any) -> torch.Tensor:
     size = batch_size_of(result.targets if isinstance(result.targets, torch.Tensor) else batch)
     meter.update(loss, outputs, result.targets, size, result.values)
     return loss
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")

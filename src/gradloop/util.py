@@ -168,6 +168,12 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
+def check_positive_int(name: str, value: Any) -> None:
+    """The ValueError for an argument that must be a positive integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
+
+
 # --------------------------------------------------------------------------------- random numbers
 def seed_everything(seed: int) -> None:
     """Seeds python's, numpy's and torch's global generators (all CUDA devices included).

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from ..util import length_or_none
+from ..util import check_positive_int, length_or_none
 from . import distributed
 from .devices import to_device, tree_map
 from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
@@ -372,8 +372,7 @@ def make_batches(
     """
     from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     options = loader_options or {}
