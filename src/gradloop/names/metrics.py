@@ -254,7 +254,7 @@ class MetricSet:
         self.objects = {m.name: metric_objects.fresh_copy(m.metric, device) for m in self.metrics if isinstance(m, TorchMetric)}
         self.reset()
 
-    def reset(self) -> "MetricSet":
+    def reset(self) -> None:
         for obj in self.objects.values():
             obj.reset()
         self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -263,7 +263,6 @@ class MetricSet:
         self.count = 0
         self.grad_norm_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.grad_norm_steps = 0
-        return self
 
     def add_grad_norm(self, norm: torch.Tensor) -> None:
         self.grad_norm_sum += norm.detach()
