@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,22 +17,19 @@ from .step import Step, StepResult, batch_size_of, call_model, describe, logits_
 from .util import first_line, preserved_rng
 
 
-class eval_mode:
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Puts every module in eval mode and restores each module's own mode afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        for module, training in self.modes:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
             module.training = training
 
 
+@preserved_rng()  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
 def check_model_fits_data(
     model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str = "train"
 ) -> list[str] | None:
@@ -41,11 +39,6 @@ def check_model_fits_data(
     and the fix. Returns the names of the values the step logs besides the loss (None when the data
     cannot be sampled ahead, e.g. an IterableDataset: the first batch tells then).
     """
-    with preserved_rng():  # a random-augmenting Dataset or a model that samples must not shift the user's RNG
-        return _check_model_fits_data(model, batches, step, metrics, role)
-
-
-def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metrics: Sequence[Metric], role: str) -> list[str] | None:
     sample = batches.peek(2)
     if sample is None:
         return None
@@ -70,11 +63,9 @@ def _check_model_fits_data(model: nn.Module, batches: Batches, step: Step, metri
 def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> StepResult:
     try:
         return step(model, sample)
-    except (ValueError, TypeError) as err:
-        if "step(model, batch)" in str(err):  # the returned value is wrong: that message says how
-            raise
-        raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
     except Exception as err:  # any failure here is the user's step meeting the user's data
+        if isinstance(err, (ValueError, TypeError)) and "step(model, batch)" in str(err):
+            raise  # the returned value is wrong: that message says how
         raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
 
 
@@ -102,8 +93,7 @@ def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Ste
         _raise(fit_problem(output, targets, loss_name, role, ignore_index))
     if loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
         labels = batches.targets if isinstance(batches, TensorBatches) else None
-        loader = getattr(batches, "loader", None)  # a DataLoader, batched as given or by index
-        dataset = loader.dataset if loader is not None else None
+        dataset = getattr(getattr(batches, "loader", None), "dataset", None)  # a DataLoader's, batched as given or by index
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
             labels = dataset.tensors[1]
         if labels is not None:

@@ -38,10 +38,7 @@ class History(Mapping[str, list[float]]):
         self.epochs.append(logs)
 
     def _names(self) -> list[str]:
-        names: dict[str, None] = {}
-        for logs in self.epochs:
-            names.update(dict.fromkeys(logs))
-        return list(names)
+        return list(dict.fromkeys(name for logs in self.epochs for name in logs))
 
     def __getitem__(self, name: str) -> list[float]:
         if not any(name in logs for logs in self.epochs):

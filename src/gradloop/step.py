@@ -68,7 +68,7 @@ class Step:
         for the batch's inputs (for a model that computes its own loss, its logits)."""
         if self.predict_fn is not None:
             return self.predict_fn(model, batch)
-        inputs, _ = self.split(batch, needs_targets=False, keep_labels=self.loss_fn is None)
+        inputs, _ = self.split(batch, needs_targets=False)
         try:
             output = call_model(model, inputs)
         except TypeError as err:  # the model wants more (or other) arguments than the batch's first element
@@ -78,17 +78,16 @@ class Step:
             ) from err
         return logits_of(output) if has_logits(output) else output
 
-    def split(self, batch: Any, needs_targets: bool, keep_labels: bool | None = None) -> tuple[Any, Any]:
-        """`(inputs, targets)` of a batch as the default step reads it (targets None when absent)."""
+    def split(self, batch: Any, needs_targets: bool) -> tuple[Any, Any]:
+        """`(inputs, targets)` of a batch as the default step reads it (targets None when absent; a model
+        that computes its own loss gets the labels among its inputs)."""
         if isinstance(batch, Mapping):
-            if keep_labels is None:
-                keep_labels = self.loss_fn is None
             if needs_targets and LABELS not in batch:
                 raise ValueError(
                     f"a dict batch needs a {LABELS!r} key for the loss; it has {', '.join(map(repr, batch))}: "
                     f"add the targets as {LABELS!r}, or pass loss=None for a model that computes its own loss"
                 )
-            inputs = dict(batch) if keep_labels else {k: v for k, v in batch.items() if k != LABELS}
+            inputs = dict(batch) if self.loss_fn is None else {k: v for k, v in batch.items() if k != LABELS}
             return inputs, batch.get(LABELS)
         if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
             if len(batch) >= 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
-from .util import did_you_mean, preserved_rng, seed_everything, weights_are_finite
+from .util import check_positive_int, did_you_mean, length_or_none, preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -72,10 +73,10 @@ class Trainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
-        _check_positive_int("max_epochs", max_epochs)
+        check_positive_int("max_epochs", max_epochs)
         if max_steps is not None:
-            _check_positive_int("max_steps", max_steps)
-        _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
+            check_positive_int("max_steps", max_steps)
+        check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         if grad_clip_norm is not None and (
             isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not grad_clip_norm > 0
         ):
@@ -122,7 +123,7 @@ class Trainer:
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
         if val_every_n_steps is not None:
-            _check_positive_int("val_every_n_steps", val_every_n_steps)
+            check_positive_int("val_every_n_steps", val_every_n_steps)
         self.val_every_n_steps = val_every_n_steps
         self.validating_at_step: int | None = None  # the global step of a validation inside an epoch, while it runs
         self.seed = seed
@@ -191,7 +192,8 @@ class Trainer:
         self.batches_per_epoch = self.fit_settings["num_batches"]
         self.log_names = self.logged_names(val_batches is not None)
         self._prepare_run_dir()
-        with _run_lock(self.run_dir if distributed.is_rank_zero() else None):
+        lock = RunLock(self.run_dir) if self.run_dir is not None and distributed.is_rank_zero() else contextlib.nullcontext()
+        with lock:
             try:
                 return self._fit(train_batches, val_batches, resume)
             finally:
@@ -262,7 +264,7 @@ class Trainer:
         # Under torchrun, callbacks that run on every rank see the mean loss of all ranks, so that
         # per-batch decisions (TerminateOnNaN) agree: one all-reduce per batch, only then.
         reduce_batch_loss = distributed.active() and self.callbacks.listens_on_every_rank("on_train_batch_end")
-        k, num_batches = self.accumulate_grad_batches, _length(batches)
+        k, num_batches = self.accumulate_grad_batches, length_or_none(batches)
         assert self.resume_point.order is not None
         with sync_debug(self._sync_mode):  # the steps: no host sync (the user may check it with torch.cuda.set_sync_debug_mode)
             for batch in batches.iterate(self.resume_point.order, start_batch=self.state.batch_in_epoch):
@@ -505,16 +507,15 @@ class Trainer:
 
     def _write_resume_point(self, name: str, where: str) -> None:
         finite = self.run_dir is not None and weights_are_finite(self.model)  # under FSDP a collective
-        if not distributed.is_rank_zero():  # FSDP: the other ranks write their shards, quietly
-            if finite:
-                self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")  # type: ignore[operator]
+        if finite:  # FSDP: the other ranks write their shards too, quietly
+            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")  # type: ignore[operator]
+        if not distributed.is_rank_zero():
             return
         if self.run_dir is None:
             print(f"gradloop: {name} at {where}: stopped; nothing saved (no run_dir)", file=sys.stderr)
         elif not finite:
             print(f"gradloop: {name} at {where}: weights are not finite, the last good checkpoint is kept", file=sys.stderr)
         else:
-            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
             print(f"gradloop: {name} at {where}: checkpoint written to {path}", file=sys.stderr)
             print(f"gradloop: resume with: {self.resume_command or layout.default_resume_hint(self.run_dir)}", file=sys.stderr)
 
@@ -530,7 +531,7 @@ class Trainer:
     def _resume_settings(self, train: Batches, batch_size: int, shuffle: bool) -> dict[str, Any]:
         return {
             "batch_size": batch_size,
-            "num_batches": _length(train),
+            "num_batches": length_or_none(train),
             "num_samples": train.dataset_size,
             "shuffle": shuffle,
             "accumulate_grad_batches": self.accumulate_grad_batches,
@@ -545,15 +546,9 @@ class Trainer:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            tempfile.TemporaryFile(dir=self.run_dir).close()  # a probe, gone once closed
         except OSError as err:
             raise ValueError(f"run_dir {str(self.run_dir)!r} cannot be written ({err.strerror}): choose a writable directory") from err
-
-
-def _run_lock(run_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
-    return RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
 
 
 def _share_of_group(batches: Batches, batch: int, group_start: int, group_size: int) -> float | int:
@@ -569,13 +564,6 @@ def _share_of_group(batches: Batches, batch: int, group_start: int, group_size: 
     return sizes[batch - group_start] / sum(sizes)  # type: ignore[operator, arg-type]
 
 
-def _length(batches: Batches) -> int | None:
-    try:
-        return len(batches)
-    except TypeError:
-        return None
-
-
 def _name_of(fn: Any) -> str:
     """What a user's loss or step is called in a checkpoint's settings (None: the model's own loss)."""
     return "model's own loss" if fn is None else getattr(fn, "__name__", type(fn).__name__)
@@ -588,8 +576,3 @@ def _count(meter: MetricSet, result: StepResult, batch: Any) -> torch.Tensor:
     size = batch_size_of(result.targets if isinstance(result.targets, torch.Tensor) else batch)
     meter.update(loss, outputs, result.targets, size, result.values)
     return loss
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")

@@ -152,10 +152,8 @@ def first_line(error: BaseException | str) -> str:
 
     An exception without a message gives its type's name, so an error line is never empty.
     """
-    for line in str(error).strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__ if isinstance(error, BaseException) else ""
+    fallback = type(error).__name__ if isinstance(error, BaseException) else ""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), fallback)
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
@@ -168,6 +166,12 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     """
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """The ValueError for an argument that must be a positive integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
 # --------------------------------------------------------------------------------- random numbers
@@ -241,31 +245,35 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
     return bool(finite)
 
 
+# --------------------------------------------------------------------------------- sizes
+def length_or_none(sized: Any) -> int | None:
+    """`len(sized)`, or None for what has no length (an IterableDataset, a loader over one)."""
+    try:
+        return len(sized)
+    except TypeError:
+        return None
+
+
 # --------------------------------------------------------------------------------- run records
 def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a metrics.csv as dicts of numbers (`epoch` an int, values floats), empty cells left out.
 
     Raises FileNotFoundError when there is no file and ValueError when it is not a readable CSV.
     """
-    rows = []
     with open(path, newline="", encoding="utf-8") as handle:
         try:
             records = list(csv.DictReader(handle))
         except csv.Error as err:
             raise ValueError(f"{os.fspath(path)!r} is not a readable CSV file: {err}") from None
-    for record in records:
-        row: dict[str, Any] = {}
-        for name, cell in record.items():
-            if name is None or cell is None or cell == "":
-                continue
-            try:
-                value = float(cell)
-            except ValueError:
-                row[name] = cell
-                continue
-            row[name] = int(value) if name == "epoch" else value
-        rows.append(row)
-    return rows
+    return [{name: _cell_value(name, cell) for name, cell in record.items() if name is not None and cell} for record in records]
+
+
+def _cell_value(name: str, cell: str) -> Any:
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return int(value) if name == "epoch" else value
 
 
 # --------------------------------------------------------------------------------- processes

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
+from ..util import check_positive_int, length_or_none
 from . import distributed
 from .devices import to_device, tree_map
 from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
@@ -35,8 +36,14 @@ Batch = tuple[Any, Any]
 _CUDA_RESIDENT_FRACTION = 0.25  # in-memory data up to this share of free GPU memory lives on the GPU
 
 
-def _draw_seed() -> int:
-    return int(torch.empty((), dtype=torch.int64).random_().item())
+def permutation(num_samples: int, seed: int) -> torch.Tensor:
+    """The order of an epoch shuffled with `seed`, as `RandomSampler` derives it from the seed it draws."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """An int64 seed drawn as a DataLoader iterator and a RandomSampler draw theirs (None: the global RNG)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
 
 def as_tensor(array: Any, what: str) -> torch.Tensor:
@@ -120,10 +127,7 @@ class TensorBatches:
         return _new_order(self.shuffle, self.world_size)
 
     def iterate(self, order: dict[str, Any], start_batch: int = 0) -> Iterator[Any]:
-        index = None
-        if order["seed"] is not None:
-            generator = torch.Generator().manual_seed(order["seed"])
-            index = torch.randperm(self.num_samples, generator=generator)
+        index = None if order["seed"] is None else permutation(self.num_samples, order["seed"])
         return self.batches_of(index, start_batch)
 
     def batches_of(self, index: torch.Tensor | None, start_batch: int = 0) -> Iterator[Any]:
@@ -181,8 +185,8 @@ class OrderedBatchSampler(Sampler[list[int]]):
     gradloop sees the same samples in the same order as with `DataLoader(dataset, shuffle=True)`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False, shard: tuple[int, int, bool] | None = None) -> None:
-        self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+    def __init__(self, num_samples: int, batch_size: int, shard: tuple[int, int, bool] | None = None) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.pad = shard if shard is not None else (0, 1, False)
         self.shard_samples = distributed.shard_size(num_samples, self.rank, self.world_size, self.pad)
         self.seed: int | None = None
@@ -190,19 +194,13 @@ class OrderedBatchSampler(Sampler[list[int]]):
         self.worker_seed: int | None = None  # set: each batch carries its seed for the worker that loads it
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.shard_samples // self.batch_size
         return -(-self.shard_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.seed is None and self.world_size == 1:
             order = list(range(self.num_samples))
         else:
-            index = (
-                torch.arange(self.num_samples)
-                if self.seed is None
-                else torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed))
-            )
+            index = torch.arange(self.num_samples) if self.seed is None else permutation(self.num_samples, self.seed)
             order = distributed.shard_index(index, self.rank, self.world_size, self.pad).tolist()
         for b in range(self.start_batch, len(self)):
             indices = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -234,10 +232,7 @@ class LoaderBatches:
 
     @property
     def dataset_size(self) -> int | None:
-        try:
-            return len(self.loader.dataset)  # type: ignore[arg-type]
-        except TypeError:
-            return None
+        return length_or_none(self.loader.dataset)
 
     def size_of_batch(self, index: int) -> int | None:
         """Samples in batch `index` when the batching is known (plain samplers), else None."""
@@ -310,14 +305,11 @@ class LoaderBatches:
         if isinstance(dataset, IterableDataset):
             return None
         try:
-            size = len(dataset)  # type: ignore[arg-type]
-            samples = [dataset[i] for i in range(min(n, size))]
+            samples = [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
             collated = self.loader.collate_fn(samples) if samples else None
         except Exception:  # an unusual dataset: the first training batch is checked instead
             return None
-        if collated is None:
-            return None
-        return to_device(collated, self.device)
+        return None if collated is None else to_device(collated, self.device)
 
 
 def user_generators(loader: DataLoader) -> list[torch.Generator]:
@@ -348,8 +340,8 @@ def _new_order(shuffle: bool, world_size: int) -> dict[str, Any]:
     `base_seed` is where a DataLoader iterator's base seed comes from: gradloop's loaders with
     workers derive each batch's worker seed from it.
     """
-    base_seed = _draw_seed()
-    seed = _draw_seed() if shuffle else None
+    base_seed = draw_seed()
+    seed = draw_seed() if shuffle else None
     if seed is not None and world_size > 1:
         seed = distributed.broadcast_int(seed)
     return {"seed": seed, "base_seed": base_seed}
@@ -376,12 +368,11 @@ def make_batches(
     """Turns `data` into batches. `role` ("train", "val", ...) names the data in error messages.
 
     `shard`: under torchrun, batch only this rank's part (padded to equal parts for "train").
-    `loader_options`: DataLoader settings for a Dataset (checked by `loader_options.check`).
+    `loader_options`: DataLoader settings for a Dataset (checked by `loader_options.loader_options_for`).
     """
     from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; received: batch_size={batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     options = loader_options or {}
@@ -477,9 +468,5 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _check_not_empty(dataset: Any, role: str) -> None:
-    try:
-        size = len(dataset)
-    except TypeError:
-        return
-    if size == 0:
+    if length_or_none(dataset) == 0:
         raise ValueError(f"{role} dataset is empty: it needs at least one sample")

@@ -47,10 +47,10 @@ def host_sync_allowed() -> contextlib.AbstractContextManager[None]:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """ "auto" (or None) picks cuda > mps > cpu; anything else must name an available device."""
-    if device is None or (isinstance(device, str) and device == "auto"):
+    if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if not isinstance(device, (str, torch.device)):

@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 EXIT_BARRIER_TIMEOUT = datetime.timedelta(seconds=30)
@@ -25,8 +26,6 @@ _VOTES: Any = None  # the Gloo group for stop votes, made with the process group
 def world() -> tuple[int, int, int]:
     """`(rank, world_size, local_rank)`: from the process group once joined, else from the environment."""
     if _group_ready():
-        import torch.distributed as dist
-
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0) or 0)
     try:
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -47,18 +46,12 @@ def is_rank_zero() -> bool:
 
 
 def _group_ready() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()
 
 
 def active() -> bool:
     """A process group of more than one rank is initialized: collectives are live."""
-    if not _group_ready():
-        return False
-    import torch.distributed as dist
-
-    return dist.get_world_size() > 1
+    return _group_ready() and dist.get_world_size() > 1
 
 
 def device_for_rank(requested: object, resolved: torch.device) -> torch.device:
@@ -77,8 +70,6 @@ def init_if_needed(device: torch.device) -> None:
     """Joins torchrun's process group (env:// rendezvous) when WORLD_SIZE > 1 and not joined yet."""
     if not is_distributed() or _group_ready():
         return
-    import torch.distributed as dist
-
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed: run a single process")
     if device.type == "cuda":
@@ -94,8 +85,6 @@ def init_if_needed(device: torch.device) -> None:
 def vote_max(value: int) -> tuple[Any, torch.Tensor]:
     """Starts a non-blocking MAX all-reduce of `value` over the CPU side channel: `(work, result)`;
     `work.wait()`, then read `result`."""
-    import torch.distributed as dist
-
     flag = torch.tensor([value], dtype=torch.int64)
     return dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_vote_group(), async_op=True), flag
 
@@ -103,8 +92,6 @@ def vote_max(value: int) -> tuple[Any, torch.Tensor]:
 def _vote_group() -> Any:
     """A Gloo group beside the training one: a CPU side channel (no device sync, even on NCCL), made
     at the first use, which every rank reaches at the same point."""
-    import torch.distributed as dist
-
     global _VOTES
     if _VOTES is None:
         _VOTES = dist.new_group(backend="gloo")
@@ -117,9 +104,7 @@ def _destroy_group() -> None:
     The ranks meet first (a rank that tears down while a peer still talks to it aborts too); a peer
     that is gone or stuck costs at most `EXIT_BARRIER_TIMEOUT` before the teardown goes on alone.
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _group_ready():
         return
     with contextlib.suppress(RuntimeError):
         dist.barrier(async_op=True).wait(timeout=EXIT_BARRIER_TIMEOUT)
@@ -159,8 +144,6 @@ class StopChannel:
         self._previous: tuple[torch.Tensor, Any] | None = None  # the step before's
 
     def hook(self, _state, bucket):  # DDP checks the annotations: none, or torch's own
-        import torch.distributed as dist
-
         buffer = bucket.buffer().div_(dist.get_world_size())
         if not bucket.is_last():
             return dist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
@@ -203,8 +186,6 @@ def _exit_code(flags: tuple[torch.Tensor, Any] | None) -> int:
 
 
 def _collective_device() -> torch.device:
-    import torch.distributed as dist
-
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -214,8 +195,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise sum over ranks (a new tensor on `tensor`'s device); `tensor` itself when alone."""
     if not active():
         return tensor
-    import torch.distributed as dist
-
     work = tensor.detach().to(_collective_device(), copy=True)
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
@@ -225,8 +204,6 @@ def broadcast_(tensor: torch.Tensor) -> None:
     """Overwrites `tensor` in place with rank 0's; nothing when alone."""
     if not active():
         return
-    import torch.distributed as dist
-
     work = tensor.detach().to(_collective_device(), copy=True)
     dist.broadcast(work, src=0)
     tensor.detach().copy_(work)
@@ -235,19 +212,13 @@ def broadcast_(tensor: torch.Tensor) -> None:
 def barrier() -> None:
     """Waits for every rank (over the CPU side channel); nothing when alone."""
     if active():
-        import torch.distributed as dist
-
         dist.barrier(group=_vote_group())
 
 
 def broadcast_int(value: int) -> int:
     """Rank 0's `value` on every rank; `value` when alone."""
-    if not active():
-        return value
-    import torch.distributed as dist
-
-    holder = torch.tensor([value], dtype=torch.int64, device=_collective_device())
-    dist.broadcast(holder, src=0)
+    holder = torch.tensor([value], dtype=torch.int64)
+    broadcast_(holder)
     return int(holder.item())
 
 

@@ -29,11 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torch.utils.data._utils.collate import default_collate
 
 from . import distributed
-from .batches import TensorBatches, generator_states, set_generator_states
-
-
-def _draw(generator: torch.Generator | None) -> int:
-    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+from .batches import TensorBatches, draw_seed, generator_states, permutation, set_generator_states
 
 
 def _tensors_and_rows(dataset: Any) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
@@ -111,14 +107,14 @@ class IndexedLoaderBatches:
     def new_order(self) -> dict[str, Any]:
         """Draws what `iter(loader)` and its first batch draw; the order says how to redo the permutation."""
         if not self.base_seed_drawn:
-            _draw(self.loader.generator)
+            draw_seed(self.loader.generator)
             self.base_seed_drawn = self.loader.persistent_workers and self.loader.num_workers > 0
         if type(self.sampler) is not RandomSampler:
             return {"seed": None}
         n = len(self.sampler.data_source)
         generator = self.sampler.generator
         if generator is None:
-            return {"seed": _draw(None)}
+            return {"seed": draw_seed()}
         order: dict[str, Any] = {"seed": None, "generator_state": generator.get_state()}
         self._permutation = (order, torch.randperm(n, generator=generator))
         torch.randperm(n, generator=generator)  # RandomSampler's tail, `randperm(n)[: num_samples % n]`, drawn as it ends
@@ -129,7 +125,7 @@ class IndexedLoaderBatches:
         if self._permutation is not None and self._permutation[0] is order:
             index = self._permutation[1]
         elif order["seed"] is not None:
-            index = torch.randperm(self.tensors.num_samples, generator=torch.Generator().manual_seed(order["seed"]))
+            index = permutation(self.tensors.num_samples, order["seed"])
         elif order.get("generator_state") is not None:  # a resumed epoch: the permutation from the saved state
             generator = torch.Generator()
             generator.set_state(order["generator_state"])

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -119,8 +120,6 @@ class StopChannel:
     @local.setter
     def local(self, flag: float) -> None:
         """This rank's flag after a step: its vote starts at once."""
-        import torch.distributed as dist
-
         self._local = flag
         total = torch.tensor([flag], dtype=torch.float64)
         self._pending = (dist.all_reduce(total, group=distributed._vote_group(), async_op=True), total)

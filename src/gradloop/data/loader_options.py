@@ -45,20 +45,6 @@ OWNED = {
 }
 
 
-def check(loader_options: Any) -> dict[str, Any]:
-    """The options as a dict; raises a one-line TypeError/ValueError for anything DataLoader's or gradloop's rules reject."""
-    if loader_options is None:
-        return {}
-    if not isinstance(loader_options, dict):
-        raise TypeError(f"loader_options must be a dict of DataLoader settings; received {type(loader_options).__name__}")
-    for name in loader_options:
-        if name in OWNED:
-            raise ValueError(f"loader_options[{name!r}] is set by gradloop: {OWNED[name]}")
-        if name not in OPTIONS:
-            raise ValueError(f"unknown loader option {name!r}{did_you_mean(str(name), OPTIONS)}: loader_options takes {', '.join(OPTIONS)}")
-    return dict(loader_options)
-
-
 def build_loader(dataset: Any, options: dict[str, Any], device: torch.device, **owned: Any) -> DataLoader:
     """DataLoader(dataset, **owned, **options), pinned for CUDA unless the options say otherwise;
     DataLoader's own complaint about an option is one line naming loader_options."""
@@ -105,12 +91,21 @@ class WorkerSeeded(Dataset[Any]):
 
 
 def loader_options_for(loader_options: Any, *data: Any) -> dict[str, Any]:
-    """Checked options for the Datasets among `data`; options with no Dataset to apply to are an error."""
-    options = check(loader_options)
-    if options and not any(isinstance(d, Dataset) for d in data):
+    """The options as a dict, for the Datasets among `data`; raises a one-line TypeError/ValueError for anything
+    DataLoader's or gradloop's rules reject, and for options with no Dataset to apply to."""
+    if loader_options is None:
+        return {}
+    if not isinstance(loader_options, dict):
+        raise TypeError(f"loader_options must be a dict of DataLoader settings; received {type(loader_options).__name__}")
+    for name in loader_options:
+        if name in OWNED:
+            raise ValueError(f"loader_options[{name!r}] is set by gradloop: {OWNED[name]}")
+        if name not in OPTIONS:
+            raise ValueError(f"unknown loader option {name!r}{did_you_mean(str(name), OPTIONS)}: loader_options takes {', '.join(OPTIONS)}")
+    if loader_options and not any(isinstance(d, Dataset) for d in data):
         kinds = ", ".join(sorted({type(d).__name__ for d in data if d is not None}))
         raise ValueError(
             f"loader_options apply to a Dataset that gradloop batches; this data is {kinds}: "
             "build your DataLoader with those settings, or pass the Dataset"
         )
-    return options
+    return dict(loader_options)

@@ -33,17 +33,9 @@ _ALIASES = {
     "binary_cross_entropy": "bce",
     "binary_cross_entropy_with_logits": "bce_with_logits",
 }
-# A loss module passed as an instance is the same loss as its name: same checks, same default metrics.
-LOSS_MODULES: dict[type, str] = {
-    nn.CrossEntropyLoss: "cross_entropy",
-    nn.NLLLoss: "nll",
-    nn.MSELoss: "mse",
-    nn.L1Loss: "l1",
-    nn.SmoothL1Loss: "smooth_l1",
-    nn.HuberLoss: "huber",
-    nn.BCELoss: "bce",
-    nn.BCEWithLogitsLoss: "bce_with_logits",
-}
+# A loss module passed as an instance is the same loss as its name (the first one: "l1", not "mae"):
+# same checks, same default metrics.
+LOSS_MODULES: dict[type, str] = {factory: name for name, factory in reversed(LOSSES.items()) if isinstance(factory, type)}
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 BINARY_LOSSES = ("bce", "bce_with_logits")
 CLASSIFICATION_LOSSES = CLASS_INDEX_LOSSES + BINARY_LOSSES

@@ -55,7 +55,7 @@ def update(metric: Any, outputs: torch.Tensor, targets: torch.Tensor, loss_name:
     """`metric.update(outputs, targets)`, the outputs as probabilities when the loss says they are logits
     (or log-probabilities); a (N, 1) score column meets (N,) targets as (N,); half-precision outputs
     (mixed precision) are read in float32."""
-    if outputs.is_floating_point() and outputs.dtype in (torch.float16, torch.bfloat16):
+    if outputs.dtype in (torch.float16, torch.bfloat16):
         outputs = outputs.float()
     if loss_name in _PROBABILITIES and outputs.is_floating_point():
         outputs = _PROBABILITIES[loss_name](outputs)

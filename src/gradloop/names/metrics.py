@@ -138,17 +138,10 @@ class TorchMetric(Metric):
         self.metric = metric
         self.loss_name = loss_name
 
-    def update(self, state: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Updates `state`, this pass's copy of the metric (see `MetricSet`)."""
-        metric_objects.update(state, outputs, targets, self.loss_name)
-
-    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.zeros(0, device=outputs.device)  # no running sums: the metric's own state holds the pass
-
     def check(self, outputs: torch.Tensor, targets: torch.Tensor, n: int) -> None:
         """A scratch copy updates on the sample batch and, when it can compute on so few, must give one number."""
         scratch = metric_objects.fresh_copy(self.metric, outputs.device)
-        self.update(scratch, outputs, targets)
+        metric_objects.update(scratch, outputs, targets, self.loss_name)
         scratch.distributed_available_fn = lambda: False  # a check on one rank: no collective
         try:
             with warnings.catch_warnings():
@@ -236,9 +229,7 @@ def resolve_metric(metric: str | MetricFn | Metric, loss_name: str | None = None
     raise TypeError(f"metrics must be names or callables(outputs, targets) -> tensor; received: {metric!r}")
 
 
-def resolve_metrics(metrics: Sequence[str | MetricFn | Metric] | None, loss_name: str | None) -> list[Metric]:
-    if metrics is None:
-        return []
+def resolve_metrics(metrics: Sequence[str | MetricFn | Metric], loss_name: str | None) -> list[Metric]:
     if isinstance(metrics, (str, Metric)) or callable(metrics):
         metrics = [metrics]
     resolved = [resolve_metric(m, loss_name) for m in metrics]
@@ -263,7 +254,7 @@ class MetricSet:
         self.objects = {m.name: metric_objects.fresh_copy(m.metric, device) for m in self.metrics if isinstance(m, TorchMetric)}
         self.reset()
 
-    def reset(self) -> "MetricSet":
+    def reset(self) -> None:
         for obj in self.objects.values():
             obj.reset()
         self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -272,7 +263,6 @@ class MetricSet:
         self.count = 0
         self.grad_norm_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.grad_norm_steps = 0
-        return self
 
     def add_grad_norm(self, norm: torch.Tensor) -> None:
         self.grad_norm_sum += norm.detach()
@@ -326,7 +316,7 @@ class MetricSet:
         if outputs is not None and targets is not None:
             for metric, total in zip(self.metrics, self.sums):
                 if isinstance(metric, TorchMetric):
-                    metric.update(self.objects[metric.name], outputs, targets)
+                    metric_objects.update(self.objects[metric.name], outputs, targets, metric.loss_name)
                 else:
                     total += metric.batch_sums(outputs, targets, n)
         self.count += n
@@ -336,12 +326,18 @@ class MetricSet:
         torchmetrics states are gathered by torchmetrics, reduced as each metric declares."""
         for obj in self.objects.values():
             metric_objects.gather(obj)
-        counts = torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device)
-        parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts]
+        parts = self._parts(with_counts=True)
         total = torch.split(distributed.all_reduce_sum(torch.cat(parts)), [part.numel() for part in parts])
         self.loss_sum, self.grad_norm_sum = total[0].reshape(()).clone(), total[1].reshape(()).clone()
         self.value_sums, self.sums = total[2].clone(), [chunk.clone() for chunk in total[3:-1]]
         self.count, self.grad_norm_steps = (int(v) for v in total[-1].tolist())
+
+    def _parts(self, with_counts: bool = False) -> list[torch.Tensor]:
+        """The sums in the order `compute` reads them: loss, grad norm, values, metrics (then the counts)."""
+        parts = [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums]
+        if with_counts:
+            parts.append(torch.tensor([self.count, self.grad_norm_steps], dtype=self.dtype, device=self.device))
+        return parts
 
     def compute(self, prefix: str = "") -> dict[str, float]:
         """Reads every sum in one host transfer and returns `{prefix + name: float}`.
@@ -351,16 +347,10 @@ class MetricSet:
         """
         count, grad_norm_steps = self.count, self.grad_norm_steps
         if distributed.active():
-            counts = torch.tensor([count, grad_norm_steps], dtype=self.dtype, device=self.device)
-            packed = torch.cat([self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums, counts])
-            values = distributed.all_reduce_sum(packed).tolist()  # the one collective, and the one sync
+            values = distributed.all_reduce_sum(torch.cat(self._parts(with_counts=True))).tolist()  # the one collective, and the one sync
             count, grad_norm_steps = int(values[-2]), int(values[-1])
-        elif count == 0:
-            return {}
-        else:
-            values = torch.cat(
-                [self.loss_sum.reshape(1), self.grad_norm_sum.reshape(1), self.value_sums, *self.sums]
-            ).tolist()  # the one sync
+        elif count:
+            values = torch.cat(self._parts()).tolist()  # the one sync
         if count == 0:
             return {}
         logs = {f"{prefix}loss": values[0] / count}

@@ -54,12 +54,10 @@ def build_optimizer(
             return OPTIMIZERS[name](params, **kwargs)
         except TypeError as err:
             raise TypeError(f"optimizer {spec!r} rejected its options {kwargs}: {err}") from None
-    if callable(spec):
-        optimizer = spec(params)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
-        return optimizer
-    raise AssertionError("unreachable: check_optimizer_args accepts nothing else")
+    optimizer = spec(params)  # a factory: check_optimizer_args accepts nothing else
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer; it returned {type(optimizer).__name__}")
+    return optimizer
 
 
 def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = None) -> None:
@@ -91,13 +89,10 @@ def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = No
 
 def _check_owns_model(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
     model_params = {id(p) for p in model.parameters()}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if id(param) not in model_params:
-                raise ValueError(
-                    "the optimizer holds parameters that are not the model's: build it from "
-                    "model.parameters() of the model passed to Trainer"
-                )
+    if any(id(param) not in model_params for group in optimizer.param_groups for param in group["params"]):
+        raise ValueError(
+            "the optimizer holds parameters that are not the model's: build it from model.parameters() of the model passed to Trainer"
+        )
 
 
 def needs_closure(optimizer: torch.optim.Optimizer) -> bool:

@@ -39,7 +39,7 @@ import os
 import struct
 import threading
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -79,14 +79,7 @@ class CheckpointWriteError(CheckpointError, OSError):
 # --------------------------------------------------------------------------------- names
 def path_in(directory: str | os.PathLike[str], name: str) -> Path:
     """`directory / name` for a file name made by gradloop; refuses anything that could leave `directory`."""
-    if (
-        not name
-        or name in (".", "..")
-        or name.startswith(".")
-        or "\x00" in name
-        or os.sep in name
-        or (os.altsep is not None and os.altsep in name)
-    ):
+    if not name or name.startswith(".") or "\x00" in name or os.sep in name or (os.altsep is not None and os.altsep in name):
         raise ValueError(f"checkpoint name {name!r} must be a plain file name (no path separators, not hidden)")
     return Path(directory) / name
 
@@ -99,7 +92,8 @@ def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{str(path)!r} is not a usable checkpoint file name")
 
     def fill(fd: int) -> None:
-        with _Hasher() as hasher, _Writeback(fd) as writeback:
+        # the pool starts its threads at the first submit: a small state is hashed on this thread
+        with ThreadPoolExecutor(_workers(), thread_name_prefix="gradloop-hash") as hasher, _Writeback(fd) as writeback:
             writer = _HashingWriter(fd, hasher, writeback)
             try:
                 with _zip_crc32_off():
@@ -117,8 +111,8 @@ def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 class _TreeHash:
     """The tree digest, fed in order; `split` cuts incoming bytes at chunk boundaries."""
 
-    def __init__(self, chunk_size: int | None = None) -> None:
-        self.chunk_size = chunk_size or CHUNK_SIZE
+    def __init__(self) -> None:
+        self.chunk_size = CHUNK_SIZE
         self.size = 0
         self._chunks: list[Any] = [_Crc32()]
         self._filled = 0
@@ -159,25 +153,6 @@ def _tree_root(size: int, chunk_size: int, digests: list[bytes]) -> bytes:
     return hashlib.sha256(_TREE_TAG + struct.pack("<QI", size, chunk_size) + b"".join(digests)).digest()
 
 
-class _Hasher:
-    """Worker threads for hashing; started only when there is enough data to share out."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __enter__(self) -> "_Hasher":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_workers(), thread_name_prefix="gradloop-hash")
-        return self._pool.submit(fn, *args)
-
-
 def _workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, 8))
@@ -190,7 +165,7 @@ class _HashingWriter:
     call waits for its hashes; for a large tensor the write and the hashing overlap.
     """
 
-    def __init__(self, fd: int, hasher: _Hasher, writeback: "_Writeback") -> None:
+    def __init__(self, fd: int, hasher: ThreadPoolExecutor, writeback: "_Writeback") -> None:
         self.fd, self.hasher, self.writeback = fd, hasher, writeback
         self.tree = _TreeHash()
         self.tail = b""

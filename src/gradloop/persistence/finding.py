@@ -38,13 +38,13 @@ def latest(directory: str | os.PathLike[str]) -> Path | None:
 
 
 def load_latest(
-    directory: str | os.PathLike[str], map_location: Any = "cpu", load: Callable[[Path], dict[str, Any]] | None = None
+    directory: str | os.PathLike[str], load: Callable[[Path], dict[str, Any]] | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
     """Like `latest`, but loads the file too (verifying it once): `(path, state)`, or None.
 
     `load(path)`: how to read one instead of `checkpoint.load` (the trainer's, which also reads
     sharded checkpoint directories into its model)."""
-    return _first_usable(Path(directory), load or (lambda path: checkpoint.load(path, map_location)))
+    return _first_usable(Path(directory), load or checkpoint.load)
 
 
 def _first_usable(directory: Path, use: Callable[[Path], Any]) -> tuple[Path, Any] | None:

@@ -127,11 +127,10 @@ class RunLock:
                     os.close(fd)
                 self.owner = me
                 return self
+            raise RunDirLocked(f"could not lock run directory {str(self.run_dir)!r}: its lock file {str(self.path)!r} keeps changing")
         except BaseException:
             _HELD.discard(me.token)
             raise
-        _HELD.discard(me.token)
-        raise RunDirLocked(f"could not lock run directory {str(self.run_dir)!r}: its lock file {str(self.path)!r} keeps changing")
 
     def release(self) -> None:
         """Removes the lock file if it is still ours; does nothing when not held."""

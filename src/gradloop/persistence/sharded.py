@@ -77,8 +77,7 @@ def verify(path: str | os.PathLike[str]) -> None:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"sharded checkpoint {str(path)!r} lacks its file {name!r}")
-        if file.stat().st_size != entry["size"]:
-            size = file.stat().st_size
+        if (size := file.stat().st_size) != entry["size"]:
             raise CheckpointError(f"sharded checkpoint {str(path)!r}: {name!r} has {size} bytes, not {entry['size']} (truncated)")
         if _sha256(file) != entry["sha256"]:
             raise CheckpointError(f"sharded checkpoint {str(path)!r}: {name!r} does not match its sha256 (corrupted)")
@@ -100,8 +99,6 @@ def load(trainer: "Trainer", path: Path) -> dict[str, Any]:
         with _one_process_quiet():
             dcp.load({"model": model_state, "optimizer": optimizer_state, key: blob}, checkpoint_id=str(path))
         rest = torch.load(io.BytesIO(blob.numpy().tobytes()), map_location=trainer.device, weights_only=True)
-    except CheckpointError:
-        raise
     except Exception as err:
         raise CheckpointError(f"sharded checkpoint {str(path)!r} does not fit this model and optimizer: {first_line(err)}") from None
     for group, saved_group in zip(optimizer_state["param_groups"], rest.pop("param_groups")):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -136,13 +136,9 @@ def checkpoint_files(directory: str | os.PathLike[str]) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return candidates(directory) + sorted(p for p in _plain_files(directory) if p.suffix != SUFFIX)
-
-
-def _plain_files(directory: Path) -> Iterator[Path]:
-    for path in directory.iterdir():  # hidden names: temporary files of a write (gradloop never hides a checkpoint)
-        if not path.name.startswith(".") and not path.is_dir():
-            yield path
+    # hidden names: temporary files of a write (gradloop never hides a checkpoint)
+    others = (p for p in directory.iterdir() if not p.name.startswith(".") and not p.is_dir() and p.suffix != SUFFIX)
+    return candidates(directory) + sorted(others)
 
 
 def _check_model(model: Any, path: Path) -> None:

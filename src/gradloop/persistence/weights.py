@@ -27,9 +27,7 @@ def export_weights(model: nn.Module, path: str | os.PathLike[str], sharded: bool
     if not distributed.is_rank_zero():
         return path
     tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
-    data = to_bytes(_unshare(tensors), metadata={"format": "pt"})
-    write(path, data)
-    return path
+    return write(path, to_bytes(_unshare(tensors), metadata={"format": "pt"}))
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
