@@ -70,9 +70,10 @@ class StopVote:
         """True when every rank stops after this step."""
         if self.channel is None or not distributed.active():
             return self._decide(self.signals.exit_code)
-        agreed = self.channel.step_done()
+        if self._decide(self.channel.step_done()):
+            return True  # no vote for a step that will not come (FSDP's would be left in flight at exit)
         self.channel.local = _flag(self.signals.exit_code)
-        return self._decide(agreed)
+        return False
 
     def at_epoch_end(self) -> bool:
         """True when every rank stops now (the flags of the last step, and every rank's own now)."""
