@@ -168,10 +168,13 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """The ValueError for an argument that must be a positive integer (a bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
+def check_count(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+    """The ValueError for an argument that must be an integer >= `minimum` (a bool is not one), or None when `optional`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}{' or None' if optional else ''}; received: {name}={value!r}")
 
 
 # --------------------------------------------------------------------------------- random numbers

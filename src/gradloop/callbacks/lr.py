@@ -8,8 +8,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
+from ..util import check_count
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, monitored_value, resolve_monitor
+from .monitor import VAL_LOSS, check_monitor, infer_mode, monitored_value, resolve_monitor
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -143,8 +144,8 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"factor must be a number in (0, 1), the LR is multiplied by it; received: factor={factor!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a number >= 0; received: min_delta={min_delta!r}")
-        check_count("patience", patience)
-        check_count("cooldown", cooldown)
+        check_count("patience", patience, minimum=0)
+        check_count("cooldown", cooldown, minimum=0)
         lows = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lows):
             raise ValueError(f"min_lr must be a number >= 0 (or one per param group); received: min_lr={min_lr!r}")

@@ -26,15 +26,6 @@ def check_monitor(monitor: object, mode: object) -> None:
         raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
 
 
-def check_count(name: str, value: object, minimum: int = 0, optional: bool = False) -> None:
-    """Patience, cooldown and the like: an integer >= `minimum` (or None, when `optional`)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = f"None or an integer >= {minimum}" if optional else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}; received: {name}={value!r}")
-
-
 def infer_mode(monitor: str, mode: str) -> str:
     """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
     if mode in ("min", "max"):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from ..util import check_positive_int, length_or_none
+from ..util import check_count, length_or_none
 from . import distributed
 from .devices import to_device, tree_map
 from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
@@ -372,7 +372,7 @@ def make_batches(
     """
     from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
 
-    check_positive_int("batch_size", batch_size)
+    check_count("batch_size", batch_size)
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     options = loader_options or {}

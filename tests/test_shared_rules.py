@@ -1,0 +1,56 @@
+"""One owner per rule: the Trainer, the callbacks, the doctor and the resume check ask the core, so the
+same bad value gets the same message wherever it is passed (a part that went back to its own copy fails here)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+import gradloop as gl
+
+X, Y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+
+
+def _message(make: Callable[[Any], Any], value: Any) -> str:
+    with pytest.raises(ValueError) as info:
+        make(value)
+    return str(info.value)
+
+
+POSITIVE: dict[str, Callable[[Any], Any]] = {
+    "max_epochs": lambda v: gl.Trainer(nn.Linear(3, 2), max_epochs=v),
+    "batch_size": lambda v: gl.Trainer(nn.Linear(3, 2)).fit((X, Y), batch_size=v),
+    "every_n_steps": lambda v: gl.EMA(every_n_steps=v),
+    "num_steps": lambda v: gl.lr_find(nn.Linear(3, 2), (X, Y), num_steps=v),
+    "overfit_steps": lambda v: gl.doctor(nn.Linear(3, 2), (X, Y), overfit_steps=v),
+}
+POSITIVE_OR_NONE: dict[str, Callable[[Any], Any]] = {
+    "max_steps": lambda v: gl.Trainer(nn.Linear(3, 2), max_steps=v),
+    "log_every_n_steps": lambda v: gl.JSONLLogger(log_every_n_steps=v),
+    "every_n_epochs": lambda v: gl.ModelCheckpoint(every_n_epochs=v),
+    "steps": lambda v: gl.check_resume(lambda: gl.Trainer(nn.Linear(3, 2)), (X, Y), steps=v),
+}
+NON_NEGATIVE: dict[str, Callable[[Any], Any]] = {
+    "patience": lambda v: gl.EarlyStopping(patience=v),
+    "start_epoch": lambda v: gl.SWA(swa_lr=0.1, start_epoch=v),
+}
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "3"])
+def test_a_count_gets_one_message_from_the_trainer_the_callbacks_the_doctor_and_the_resume_check(value: Any) -> None:
+    for expected, makers in (("a positive integer", POSITIVE), ("a positive integer or None", POSITIVE_OR_NONE)):
+        for name, make in makers.items():
+            assert _message(make, value) == f"{name} must be {expected}; received: {name}={value!r}"
+    if value != 0:
+        for name, make in NON_NEGATIVE.items():
+            assert _message(make, value) == f"{name} must be an integer >= 0; received: {name}={value!r}"
+
+
+def test_the_counts_accept_what_they_say() -> None:
+    gl.Trainer(nn.Linear(3, 2), max_epochs=1, max_steps=None)
+    gl.EMA(every_n_steps=1)
+    gl.JSONLLogger(log_every_n_steps=None)
+    gl.EarlyStopping(patience=0)
