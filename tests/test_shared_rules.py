@@ -54,3 +54,22 @@ def test_the_counts_accept_what_they_say() -> None:
     gl.EMA(every_n_steps=1)
     gl.JSONLLogger(log_every_n_steps=None)
     gl.EarlyStopping(patience=0)
+
+
+NUMBERS: dict[str, Callable[[Any], Any]] = {
+    "grad_clip_norm": lambda v: gl.Trainer(nn.Linear(3, 2), grad_clip_norm=v),
+    "lr": lambda v: gl.Trainer(nn.Linear(3, 2), lr=v),
+    "swa_lr": lambda v: gl.SWA(swa_lr=v, start_epoch=1),
+    "min_delta": lambda v: gl.EarlyStopping(min_delta=v),
+    "min_lr": lambda v: gl.ReduceLROnPlateau(min_lr=v),
+    "every_n_seconds": lambda v: gl.PlotCurves(every_n_seconds=v),
+    "overfit_lr": lambda v: gl.doctor(nn.Linear(3, 2), (X, Y), overfit_lr=v),
+    "start_lr": lambda v: gl.lr_find(nn.Linear(3, 2), (X, Y), start_lr=v, end_lr=2.0),
+}
+
+
+@pytest.mark.parametrize("name", list(NUMBERS))
+def test_a_bool_is_not_a_number_anywhere(name: str) -> None:
+    """True passes every range check these numbers have (True > 0): only the core's `is_number` refuses it."""
+    with pytest.raises((TypeError, ValueError), match=rf"{name}.*received: .*{name}=True"):
+        NUMBERS[name](True)

@@ -168,6 +168,11 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_count(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
     """The ValueError for an argument that must be an integer >= `minimum` (a bool is not one), or None when `optional`."""
     if optional and value is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..util import check_count
+from ..util import check_count, is_number
 from .base import Callback
 from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, monitored_value, resolve_monitor, worst
 
@@ -138,7 +138,7 @@ class EarlyStopping(Callback):
 
 
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number; received: {name}={value!r}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, not NaN; received: {name}={value!r}")

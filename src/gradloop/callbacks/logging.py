@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from ..data.devices import host_sync_allowed
-from ..util import atomic_write, check_count
+from ..util import atomic_write, check_count, is_number
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class TensorBoardLogger(Callback):
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         for name, value in logs.items():
-            if isinstance(value, (int, float)):
+            if is_number(value):
                 self._writer.add_scalar(name, float(value), global_step=trainer.state.epoch)
         self._writer.flush()
 

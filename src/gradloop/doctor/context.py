@@ -20,7 +20,7 @@ from ..data.devices import to_device
 from ..names.losses import LossFn, loss_task
 from ..names.optim import OptimizerSpec
 from ..step import Step, StepFn, StepResult, describe
-from ..util import check_count, first_line
+from ..util import check_count, first_line, is_number
 from .inputs import Arrays
 from .preserve import ModelSnapshot
 from .report import Skip
@@ -51,7 +51,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("overfit_steps", "overfit_samples", "lr_find_steps", "max_samples"):
             check_count(name, getattr(self, name))
-        if isinstance(self.overfit_lr, bool) or not isinstance(self.overfit_lr, (int, float)) or not self.overfit_lr > 0:
+        if not is_number(self.overfit_lr) or not self.overfit_lr > 0:
             raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={self.overfit_lr!r}")
         self.overfit_lr = float(self.overfit_lr)
 
