@@ -73,3 +73,21 @@ def test_a_bool_is_not_a_number_anywhere(name: str) -> None:
     """True passes every range check these numbers have (True > 0): only the core's `is_number` refuses it."""
     with pytest.raises((TypeError, ValueError), match=rf"{name}.*received: .*{name}=True"):
         NUMBERS[name](True)
+
+
+def test_one_walk_over_nested_tensors_packed_sequences_included() -> None:
+    from torch.nn.utils.rnn import pack_sequence
+
+    from gradloop.data import devices
+    from gradloop.doctor import training_checks
+    from gradloop.resume_check import recording
+
+    packed = pack_sequence([torch.ones(3, 2), torch.zeros(2, 2)])
+    tree = {"x": (packed, [X]), "n": 3}
+    assert [name for name, _ in devices.named_leaves(tree, "batch")] == [
+        "batch['x'][0][0]",
+        "batch['x'][0][1]",
+        "batch['x'][1][0]",
+    ]  # PackedSequence's data and batch_sizes; its sorted indices are None here
+    assert [t.shape for t in devices.leaves(tree)] == [packed.data.shape, packed.batch_sizes.shape, X.shape]
+    assert training_checks.leaves is devices.leaves and recording.named_leaves is devices.named_leaves
