@@ -91,3 +91,32 @@ def test_one_walk_over_nested_tensors_packed_sequences_included() -> None:
     ]  # PackedSequence's data and batch_sizes; its sorted indices are None here
     assert [t.shape for t in devices.leaves(tree)] == [packed.data.shape, packed.batch_sizes.shape, X.shape]
     assert training_checks.leaves is devices.leaves and recording.named_leaves is devices.named_leaves
+
+
+class _DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.linear(x)}
+
+
+def _raising_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("no loss today")
+
+
+@pytest.mark.parametrize(
+    "model, loss, error",
+    [
+        (_DictOut, "cross_entropy", TypeError),
+        (lambda: nn.Linear(3, 2), _raising_loss, ValueError),
+        (lambda: nn.Linear(3, 2), nn.CrossEntropyLoss(reduction="none"), ValueError),
+    ],
+    ids=["output-not-a-tensor", "loss-raises", "loss-not-a-scalar"],
+)
+def test_the_doctor_reports_what_the_trainer_raises_in_the_same_words(model: Callable[[], nn.Module], loss: Any, error: type) -> None:
+    with pytest.raises(error) as raised:
+        gl.Trainer(model(), loss=loss, max_epochs=1).fit((X, Y), batch_size=4)
+    check = gl.doctor(model(), (X, Y), loss=loss, checks=["model.output"])["model.output"]
+    assert check.status == "fail" and check.message == str(raised.value)
