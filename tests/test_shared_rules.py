@@ -120,3 +120,15 @@ def test_the_doctor_reports_what_the_trainer_raises_in_the_same_words(model: Cal
         gl.Trainer(model(), loss=loss, max_epochs=1).fit((X, Y), batch_size=4)
     check = gl.doctor(model(), (X, Y), loss=loss, checks=["model.output"])["model.output"]
     assert check.status == "fail" and check.message == str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["val_loss", "val_acc", "f1", "perplexity", "throughput"])
+def test_the_run_summary_picks_the_best_epoch_by_the_callbacks_mode(name: str) -> None:
+    from gradloop.callbacks.monitor import infer_mode
+    from gradloop.cli.summary import best_epoch
+
+    rows = [{name: 2.0}, {name: 1.0}, {name: 3.0}]
+    expected = {"min": (1, 1.0), "max": (2, 3.0)}[infer_mode(name, "auto", fallback="min")]
+    assert best_epoch(rows, name) == expected
+    with pytest.raises(ValueError, match="cannot tell whether monitor='throughput'"):
+        infer_mode("throughput", "auto")
