@@ -132,3 +132,15 @@ def test_the_run_summary_picks_the_best_epoch_by_the_callbacks_mode(name: str) -
     assert best_epoch(rows, name) == expected
     with pytest.raises(ValueError, match="cannot tell whether monitor='throughput'"):
         infer_mode("throughput", "auto")
+
+
+def test_run_records_and_run_locks_name_the_host_alike() -> None:
+    """A run.json written on this host and a lock taken on it are both judged as this host's: one host name."""
+    from gradloop import util
+    from gradloop.cli import rundir
+    from gradloop.persistence import runlock
+
+    assert rundir.host_name is util.host_name and runlock.host_name is util.host_name
+    owner = runlock.Owner.current()
+    assert owner.host == util.host_name() and owner.is_gone() is not None  # None: another host
+    assert rundir.effective_status({"status": "running", "host": owner.host, "pid": 2**22 + 12345}) == "interrupted"

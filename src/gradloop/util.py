@@ -14,6 +14,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -285,6 +286,11 @@ def _cell_value(name: str, cell: str) -> Any:
 
 
 # --------------------------------------------------------------------------------- processes
+def host_name() -> str:
+    """This machine's name, as recorded next to a process id (a pid means something only on its host)."""
+    return socket.gethostname()
+
+
 def pid_alive(pid: Any) -> bool:
     """Whether a process with this id exists on this machine (one of another user's counts)."""
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:  # os.kill(0 or -n, 0) asks about groups
