@@ -144,3 +144,19 @@ def test_run_records_and_run_locks_name_the_host_alike() -> None:
     owner = runlock.Owner.current()
     assert owner.host == util.host_name() and owner.is_gone() is not None  # None: another host
     assert rundir.effective_status({"status": "running", "host": owner.host, "pid": 2**22 + 12345}) == "interrupted"
+
+
+def test_the_doctor_counts_a_dataset_as_the_trainer_does() -> None:
+    """A Dataset with a length is counted (a note says how much was read); an IterableDataset has none."""
+    from torch.utils.data import IterableDataset, TensorDataset
+
+    from gradloop.doctor import inputs
+
+    class Stream(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(zip(X, Y))
+
+    sized = inputs.read(TensorDataset(torch.randn(600, 3), torch.zeros(600)), "train", max_samples=300)
+    assert sized.note == "first 512 of 600 samples"
+    assert inputs.read(Stream(), "train", max_samples=8).note == ""
+    assert inputs.length_or_none is gl.util.length_or_none
