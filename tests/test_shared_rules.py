@@ -91,6 +91,7 @@ def test_one_walk_over_nested_tensors_packed_sequences_included() -> None:
     ]  # PackedSequence's data and batch_sizes; its sorted indices are None here
     assert [t.shape for t in devices.leaves(tree)] == [packed.data.shape, packed.batch_sizes.shape, X.shape]
     assert training_checks.leaves is devices.leaves and recording.named_leaves is devices.named_leaves
+    assert gl.step.batch_size_of(tree) == packed.data.shape[0]  # the first tensor in the same walk
 
 
 class _DictOut(nn.Module):
