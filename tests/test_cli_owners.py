@@ -14,7 +14,7 @@ from gradloop.cli.main import main
 from gradloop.cli.session import build
 from gradloop.data import devices
 from gradloop.names.optim import check_optimizer_args
-from gradloop.util import first_line
+from gradloop.util import first_line, host_name
 from helpers import BLOBS_CONFIG, run_cli
 
 WINE = {"data": {"name": "wine"}}
@@ -125,7 +125,7 @@ def test_run_json_is_written_by_util_atomic_write(tmp_path):
 @pytest.mark.parametrize("pid", [0, -1, True, "123", None])
 def test_a_running_record_without_a_live_pid_is_interrupted(pid):
     """util.pid_alive: os.kill(0 or -n, 0) asks about process groups, not the run's process."""
-    record = {"status": "running", "host": rundir._host(), "pid": pid}
+    record = {"status": "running", "host": host_name(), "pid": pid}
     assert rundir.effective_status(record) == "interrupted"
     assert rundir.effective_status({**record, "pid": os.getpid()}) == "running"
 

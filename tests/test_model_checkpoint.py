@@ -197,9 +197,9 @@ def test_dirpath_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ModelCheckpoint needs a place to write"):
         make_trainer(None, ModelCheckpoint(), max_epochs=1).fit(data(), batch_size=8)
     for bad, match in [
-        ({"keep": -1}, "keep must be None or an integer >= 0"),
-        ({"every_n_steps": 0}, "every_n_steps must be None or an integer >= 1"),
-        ({"every_n_epochs": 1.5}, "every_n_epochs must be None"),
+        ({"keep": -1}, "keep must be an integer >= 0 or None"),
+        ({"every_n_steps": 0}, "every_n_steps must be a positive integer or None"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs must be a positive integer or None"),
         ({"mode": "best"}, "mode must be 'auto', 'min' or 'max'"),
     ]:
         with pytest.raises(ValueError, match=match):

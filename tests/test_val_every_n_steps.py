@@ -93,5 +93,5 @@ def test_resume_between_validations_is_bit_identical(tmp_path):
 
 
 def test_val_every_n_steps_must_be_a_positive_integer():
-    with pytest.raises(ValueError, match=r"val_every_n_steps must be a positive integer; received: val_every_n_steps=0"):
+    with pytest.raises(ValueError, match=r"val_every_n_steps must be a positive integer or None; received: val_every_n_steps=0"):
         gl.Trainer(nn.Linear(2, 2), val_every_n_steps=0)

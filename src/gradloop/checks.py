@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from .data import fsdp
 from .data.batches import Batches, TensorBatches
-from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES
+from .names.losses import BINARY_LOSSES, CLASS_INDEX_LOSSES, SAME_SHAPE_LOSSES, LossFn
 from .names.metrics import Metric
 from .step import Step, StepResult, batch_size_of, call_model, describe, logits_of, own_loss
 from .util import first_line, preserved_rng
@@ -43,21 +43,26 @@ def check_model_fits_data(
     if sample is None:
         return None
     with fsdp.inference(model), eval_mode(model):
-        result = _run_user_step(model, sample, step, role) if step.custom else _run_default_step(model, batches, sample, step, role)
-        if metrics and (result.outputs is None or result.targets is None):
+        if step.custom:
+            result = _run_user_step(model, sample, step, role)
+            outputs, targets, values = result.outputs, result.targets, list(result.values)
+        else:
+            outputs, targets = _run_default_step(model, batches, sample, step, role)
+            values = []
+        if metrics and (outputs is None or targets is None):
             raise ValueError(
                 f"metrics {[m.name for m in metrics]} need outputs and targets, but the step gives none: return "
                 "'outputs' and 'targets' in the dict step(model, batch) returns, or pass metrics=[]"
             )
         for metric in metrics:
             try:
-                metric.check(result.outputs, result.targets, batch_size_of(result.targets))
+                metric.check(outputs, targets, batch_size_of(targets))
             except Exception as err:
                 raise ValueError(
-                    f"metric {metric.name!r} cannot compare model outputs {describe(result.outputs)} with targets "
-                    f"{describe(result.targets)}: {type(err).__name__}: {first_line(err)}"
+                    f"metric {metric.name!r} cannot compare model outputs {describe(outputs)} with targets "
+                    f"{describe(targets)}: {type(err).__name__}: {first_line(err)}"
                 ) from err
-    return list(result.values)
+    return values
 
 
 def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> StepResult:
@@ -69,7 +74,8 @@ def _run_user_step(model: nn.Module, sample: Any, step: Step, role: str) -> Step
         raise ValueError(f"step(model, batch) fails on a {role} batch {describe(sample)}: {type(err).__name__}: {first_line(err)}") from err
 
 
-def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Step, role: str) -> StepResult:
+def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Step, role: str) -> tuple[Any, Any]:
+    """The outputs and targets metrics compare, once the model and the loss have run on the sample."""
     inputs, targets = step.split(sample, needs_targets=step.loss_fn is not None)
     try:
         output = call_model(model, inputs)
@@ -82,32 +88,46 @@ def _run_default_step(model: nn.Module, batches: Batches, sample: Any, step: Ste
             f"{type(err).__name__}: {first_line(err)}. {fix}"
         ) from err
     if step.loss_fn is None:
-        return StepResult(own_loss(output), {}, logits_of(output), targets)
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(
-            f"the model must return a tensor for loss(outputs, targets); it returned a {type(output).__name__} "
-            f"{describe(output)}: return the output tensor, pass loss=None if the model computes its own loss, or pass step=..."
-        )
-    loss_name, ignore_index = step.loss_name, getattr(step.loss_fn, "ignore_index", None)
-    if isinstance(targets, torch.Tensor):
-        _raise(fit_problem(output, targets, loss_name, role, ignore_index))
-    if loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
+        own_loss(output)  # raises when the model computes no loss of its own
+        return logits_of(output), targets
+    problem = loss_problem(step.loss_fn, step.loss_name, output, targets, role)
+    if problem is not None:
+        raise (ValueError if isinstance(output, torch.Tensor) else TypeError)(problem)
+    if step.loss_name in CLASS_INDEX_LOSSES and output.ndim >= 2:
         labels = batches.targets if isinstance(batches, TensorBatches) else None
         dataset = getattr(getattr(batches, "loader", None), "dataset", None)  # a DataLoader's, batched as given or by index
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:  # labels in memory: check them all
             labels = dataset.tensors[1]
         if labels is not None:
-            _raise(label_range_problem(output.shape[1], labels, role, ignore_index))
+            _raise(label_range_problem(output.shape[1], labels, role, getattr(step.loss_fn, "ignore_index", None)))
+    return output, targets
+
+
+def loss_problem(loss_fn: LossFn, loss_name: str | None, outputs: Any, targets: Any, role: str) -> str | None:
+    """What keeps `loss_fn(outputs, targets)` from training, and the fix, or None: outputs that are not
+    a tensor or do not fit the targets (`fit_problem`), a loss that raises or returns no scalar.
+
+    The Trainer raises it before the first step (a TypeError for outputs that are not a tensor); the doctor reports it.
+    """
+    if not isinstance(outputs, torch.Tensor):
+        return (
+            f"the model must return a tensor for loss(outputs, targets); it returned a {type(outputs).__name__} "
+            f"{describe(outputs)}: return the output tensor, pass loss=None if the model computes its own loss, or pass step=..."
+        )
+    if isinstance(targets, torch.Tensor):
+        problem = fit_problem(outputs, targets, loss_name, role, getattr(loss_fn, "ignore_index", None))
+        if problem is not None:
+            return problem
     try:
-        loss = step.loss_fn(output, targets)
+        loss = loss_fn(outputs, targets)
     except Exception as err:
-        raise ValueError(
-            f"the loss cannot compare model outputs {describe(output)} with {role} targets {describe(targets)}: "
+        return (
+            f"the loss cannot compare model outputs {describe(outputs)} with {role} targets {describe(targets)}: "
             f"{type(err).__name__}: {first_line(err)}"
-        ) from err
+        )
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise ValueError(f"the loss must return a scalar tensor; it returned {describe(loss)}: reduce it with .mean()")
-    return StepResult(loss, {}, output, targets)
+        return f"the loss must return a scalar tensor; it returned {describe(loss)}: reduce it with .mean()"
+    return None
 
 
 def fit_problem(
@@ -115,7 +135,7 @@ def fit_problem(
 ) -> str | None:
     """The output/target fit rules of a known loss: what does not fit and how to fix it, or None.
 
-    The Trainer raises it as a ValueError before the first step; the doctor reports it.
+    Part of `loss_problem`, which the Trainer raises before the first step and the doctor reports.
     """
     if loss_name in CLASS_INDEX_LOSSES:
         if targets.is_floating_point() and targets.shape == outputs.shape:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .data.devices import leaves
 from .names.losses import LossFn
 from .util import first_line
 
@@ -182,21 +183,10 @@ def batch_size_of(batch: Any) -> int:
     >>> batch_size_of(({"ids": torch.zeros(8, 5)}, torch.zeros(8)))
     8
     """
-    tensor = first_tensor(batch)
+    tensor = next(leaves(batch), None)
     if tensor is None or tensor.ndim == 0:
         raise ValueError(f"cannot tell how many samples the batch {describe(batch)} holds: it needs a tensor with a batch dimension")
     return int(tensor.shape[0])
-
-
-def first_tensor(tree: Any) -> torch.Tensor | None:
-    if isinstance(tree, torch.Tensor):
-        return tree
-    items = tree.values() if isinstance(tree, Mapping) else tree if isinstance(tree, (list, tuple)) else ()
-    for item in items:
-        found = first_tensor(item)
-        if found is not None:
-            return found
-    return None
 
 
 def describe(tree: Any) -> str:

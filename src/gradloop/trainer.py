@@ -33,7 +33,7 @@ from .persistence.runlock import RunLock
 from .persistence.signals import EXIT_CODES, GracefulStop, StopVote
 from .state import ResumePoint, TrainState
 from .step import PredictFn, Step, StepFn, StepResult, batch_size_of, concatenate
-from .util import check_positive_int, did_you_mean, length_or_none, preserved_rng, seed_everything, weights_are_finite
+from .util import check_count, did_you_mean, is_number, length_or_none, preserved_rng, seed_everything, weights_are_finite
 
 if TYPE_CHECKING:
     from .doctor import LRFindResult
@@ -73,13 +73,10 @@ class Trainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
-        check_positive_int("max_epochs", max_epochs)
-        if max_steps is not None:
-            check_positive_int("max_steps", max_steps)
-        check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
-        if grad_clip_norm is not None and (
-            isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not grad_clip_norm > 0
-        ):
+        check_count("max_epochs", max_epochs)
+        check_count("max_steps", max_steps, optional=True)
+        check_count("accumulate_grad_batches", accumulate_grad_batches)
+        if grad_clip_norm is not None and (not is_number(grad_clip_norm) or not grad_clip_norm > 0):
             raise ValueError(f"grad_clip_norm must be a positive number or None; received: grad_clip_norm={grad_clip_norm!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; received: seed={seed!r}")
@@ -122,8 +119,7 @@ class Trainer:
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.grad_clip_norm = grad_clip_norm
         self.accumulate_grad_batches = accumulate_grad_batches
-        if val_every_n_steps is not None:
-            check_positive_int("val_every_n_steps", val_every_n_steps)
+        check_count("val_every_n_steps", val_every_n_steps, optional=True)
         self.val_every_n_steps = val_every_n_steps
         self.validating_at_step: int | None = None  # the global step of a validation inside an epoch, while it runs
         self.seed = seed

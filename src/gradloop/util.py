@@ -14,6 +14,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -168,10 +169,18 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """The ValueError for an argument that must be a positive integer (a bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+    """The ValueError for an argument that must be an integer >= `minimum` (a bool is not one), or None when `optional`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}{' or None' if optional else ''}; received: {name}={value!r}")
 
 
 # --------------------------------------------------------------------------------- random numbers
@@ -277,6 +286,11 @@ def _cell_value(name: str, cell: str) -> Any:
 
 
 # --------------------------------------------------------------------------------- processes
+def host_name() -> str:
+    """This machine's name, as recorded next to a process id (a pid means something only on its host)."""
+    return socket.gethostname()
+
+
 def pid_alive(pid: Any) -> bool:
     """Whether a process with this id exists on this machine (one of another user's counts)."""
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:  # os.kill(0 or -n, 0) asks about groups

@@ -11,9 +11,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ..data import distributed
+from ..util import check_count, is_number
 from .base import Callback
 from .lr import LRScheduler
-from .monitor import check_count
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -40,10 +40,9 @@ class EMA(Callback):
     """
 
     def __init__(self, decay: float = 0.999, every_n_steps: int = 1, evaluate: bool = True) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        if not is_number(decay) or not 0 < decay < 1:
             raise ValueError(f"decay must be a number in (0, 1), e.g. 0.999; received: decay={decay!r}")
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive integer; received: every_n_steps={every_n_steps!r}")
+        check_count("every_n_steps", every_n_steps)
         if not isinstance(evaluate, bool):
             raise TypeError(f"evaluate must be True or False; received: evaluate={evaluate!r}")
         self.decay, self.every_n_steps, self.evaluate = float(decay), every_n_steps, evaluate
@@ -136,10 +135,10 @@ class SWA(Callback):
 
     def __init__(self, swa_lr: float | list[float], start_epoch: int, anneal_epochs: int = 10, anneal_strategy: str = "cos") -> None:
         lrs = swa_lr if isinstance(swa_lr, (list, tuple)) else [swa_lr]
-        if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lrs):
+        if not lrs or any(not is_number(v) or not v >= 0 for v in lrs):
             raise ValueError(f"swa_lr must be a number >= 0 (or one per param group); received: swa_lr={swa_lr!r}")
-        check_count("start_epoch", start_epoch)
-        check_count("anneal_epochs", anneal_epochs)
+        check_count("start_epoch", start_epoch, minimum=0)
+        check_count("anneal_epochs", anneal_epochs, minimum=0)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; received: anneal_strategy={anneal_strategy!r}")
         self.swa_lr, self.start_epoch = swa_lr, start_epoch

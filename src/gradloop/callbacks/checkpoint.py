@@ -14,9 +14,9 @@ import torch
 from ..data import distributed
 from ..data.devices import host_sync_allowed
 from ..persistence import checkpoint, sharded
-from ..util import weights_are_finite
+from ..util import check_count, weights_are_finite
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -62,9 +62,9 @@ class ModelCheckpoint(Callback):
         dirpath: str | os.PathLike[str] | None = None,
     ) -> None:
         check_monitor(monitor, mode)
-        check_count("keep", keep, optional=True)
-        check_count("every_n_epochs", every_n_epochs, minimum=1, optional=True)
-        check_count("every_n_steps", every_n_steps, minimum=1, optional=True)
+        check_count("keep", keep, minimum=0, optional=True)
+        check_count("every_n_epochs", every_n_epochs, optional=True)
+        check_count("every_n_steps", every_n_steps, optional=True)
         self._requested = (monitor, mode)
         self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
         self.save_best, self.save_last = bool(save_best), bool(save_last)

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..util import check_count, is_number
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, is_improvement, monitored_value, resolve_monitor, worst
+from .monitor import VAL_LOSS, check_monitor, infer_mode, is_improvement, monitored_value, resolve_monitor, worst
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -56,8 +57,8 @@ class EarlyStopping(Callback):
     ) -> None:
         check_monitor(monitor, mode)
         _check_number("min_delta", min_delta)
-        check_count("patience", patience)
-        check_count("start_from_epoch", start_from_epoch)
+        check_count("patience", patience, minimum=0)
+        check_count("start_from_epoch", start_from_epoch, minimum=0)
         if baseline is not None:
             _check_number("baseline", baseline)
         self.monitor, self.mode = monitor, mode  # resolved in on_fit_start (the default may fall back to "loss")
@@ -137,7 +138,7 @@ class EarlyStopping(Callback):
 
 
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number; received: {name}={value!r}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, not NaN; received: {name}={value!r}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from ..data.devices import host_sync_allowed
-from ..util import atomic_write
+from ..util import atomic_write, check_count, is_number
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -110,10 +110,7 @@ class JSONLLogger(Callback):
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: PathLike | None = None, log_every_n_steps: int | None = 50) -> None:
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
-        ):
-            raise ValueError(f"log_every_n_steps must be a positive integer or None; received: log_every_n_steps={log_every_n_steps!r}")
+        check_count("log_every_n_steps", log_every_n_steps, optional=True)
         self.path = Path(path) if path is not None else None
         self.log_every_n_steps = log_every_n_steps
         self._handle: TextIO | None = None
@@ -215,7 +212,7 @@ class TensorBoardLogger(Callback):
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         for name, value in logs.items():
-            if isinstance(value, (int, float)):
+            if is_number(value):
                 self._writer.add_scalar(name, float(value), global_step=trainer.state.epoch)
         self._writer.flush()
 

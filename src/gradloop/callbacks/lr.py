@@ -8,8 +8,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler as TorchLRScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
+from ..util import check_count, is_number
 from .base import Callback
-from .monitor import VAL_LOSS, check_count, check_monitor, infer_mode, monitored_value, resolve_monitor
+from .monitor import VAL_LOSS, check_monitor, infer_mode, monitored_value, resolve_monitor
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -139,14 +140,14 @@ class ReduceLROnPlateau(LRScheduler):
         min_lr: float | list[float] | tuple[float, ...] = 0.0,
     ) -> None:
         check_monitor(monitor, mode)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        if not is_number(factor) or not 0 < factor < 1:
             raise ValueError(f"factor must be a number in (0, 1), the LR is multiplied by it; received: factor={factor!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+        if not is_number(min_delta) or not min_delta >= 0:
             raise ValueError(f"min_delta must be a number >= 0; received: min_delta={min_delta!r}")
-        check_count("patience", patience)
-        check_count("cooldown", cooldown)
+        check_count("patience", patience, minimum=0)
+        check_count("cooldown", cooldown, minimum=0)
         lows = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in lows):
+        if any(not is_number(v) or not v >= 0 for v in lows):
             raise ValueError(f"min_lr must be a number >= 0 (or one per param group); received: min_lr={min_lr!r}")
         super().__init__(self._plateau, monitor=monitor)
         self.mode = self._requested_mode = mode  # resolved in on_fit_start

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..data import fsdp
 from ..persistence.weights import export_weights
-from ..util import flatten, weights_are_finite
+from ..util import flatten, is_number, weights_are_finite
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class MLflowLogger(Callback):
             if epoch in self._logged_epochs:
                 continue
             self._logged_epochs.add(epoch)
-            metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if _is_number(v)]
+            metrics += [Metric(name, float(v), now, epoch) for name, v in logs.items() if is_number(v)]
         self._client.log_batch(self.run_id, metrics=metrics)  # none: no request
 
     def _log_artifacts(self, trainer: "Trainer") -> None:
@@ -198,10 +198,6 @@ class MLflowLogger(Callback):
             self._close(self._ended_status())
         except Exception as err:  # the process is ending: say it, do not mask its exit status
             print(f"gradloop: could not mark MLflow run {self.run_id} as ended: {err}", file=sys.stderr)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def trainer_params(trainer: "Trainer") -> dict[str, Any]:

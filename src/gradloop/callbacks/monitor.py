@@ -26,17 +26,10 @@ def check_monitor(monitor: object, mode: object) -> None:
         raise ValueError(f"mode must be 'auto', 'min' or 'max'; received: mode={mode!r}")
 
 
-def check_count(name: str, value: object, minimum: int = 0, optional: bool = False) -> None:
-    """Patience, cooldown and the like: an integer >= `minimum` (or None, when `optional`)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = f"None or an integer >= {minimum}" if optional else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}; received: {name}={value!r}")
+def infer_mode(monitor: str, mode: str, fallback: str | None = None) -> str:
+    """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does).
 
-
-def infer_mode(monitor: str, mode: str) -> str:
-    """ "min" or "max" for `monitor`; `mode="auto"` infers it from the name (as Keras does)."""
+    A name that says neither gives `fallback`, or a ValueError when there is none."""
     if mode in ("min", "max"):
         return mode
     words = set(re.split(r"[^a-z0-9]+", monitor.lower().removeprefix("val_").removeprefix("test_")))
@@ -46,6 +39,8 @@ def infer_mode(monitor: str, mode: str) -> str:
         return "max"
     if words & set(_MIN_WORDS):
         return "min"
+    if fallback is not None:
+        return fallback
     raise ValueError(f"cannot tell whether monitor={monitor!r} should be minimized or maximized: pass mode='min' or mode='max'")
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..util import atomic_write
+from ..util import atomic_write, is_number
 from .base import Callback
 from .logging import run_file
 
@@ -150,7 +150,7 @@ class PlotCurves(Callback):
     rank_zero_only = True  # under torchrun: rank 0 alone writes and prints
 
     def __init__(self, path: str | os.PathLike[str] | None = None, every_n_seconds: float = 30.0) -> None:
-        if isinstance(every_n_seconds, bool) or not isinstance(every_n_seconds, (int, float)) or not every_n_seconds >= 0:
+        if not is_number(every_n_seconds) or not every_n_seconds >= 0:
             raise ValueError(f"every_n_seconds must be a number >= 0; received: every_n_seconds={every_n_seconds!r}")
         self.path = Path(path) if path is not None else None
         self.every_n_seconds = float(every_n_seconds)

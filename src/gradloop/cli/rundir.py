@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..callbacks.base import Callback
 from ..data import distributed
-from ..util import atomic_write, pid_alive
+from ..util import atomic_write, host_name, pid_alive
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -107,13 +107,9 @@ def status_for(stop_reason: str | None) -> str:
 def effective_status(record: dict[str, Any]) -> str:
     """The recorded status; a "running" run whose process is gone on this machine was interrupted."""
     status = record.get("status", "unknown")
-    if status == "running" and record.get("host") == _host() and not pid_alive(record.get("pid")):
+    if status == "running" and record.get("host") == host_name() and not pid_alive(record.get("pid")):
         return "interrupted"
     return status
-
-
-def _host() -> str:
-    return os.uname().nodename if hasattr(os, "uname") else ""
 
 
 class RunRecorder(Callback):
@@ -134,7 +130,7 @@ class RunRecorder(Callback):
             status="running",
             command=self.command,
             pid=os.getpid(),
-            host=_host(),
+            host=host_name(),
             started=_now(),
             ended=None,
             stop_reason=None,

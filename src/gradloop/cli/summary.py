@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..callbacks.monitor import infer_mode
 from ..names.metrics import RESERVED_NAMES
 from ..util import read_metrics_csv
 
@@ -38,21 +39,12 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def metric_mode(name: str) -> str:
-    from ..callbacks.monitor import infer_mode
-
-    try:
-        return infer_mode(name, "auto")
-    except ValueError:
-        return "min"
-
-
 def best_epoch(rows: Sequence[dict[str, float]], monitor: str) -> tuple[int, float] | None:
     """(epoch index, value) of the best finite `monitor` value, or None."""
     values = [(i, row[monitor]) for i, row in enumerate(rows) if isinstance(row.get(monitor), float) and math.isfinite(row[monitor])]
     if not values:
         return None
-    pick = min if metric_mode(monitor) == "min" else max
+    pick = min if infer_mode(monitor, "auto", fallback="min") == "min" else max
     return pick(values, key=lambda iv: iv[1])
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from ..util import check_positive_int, length_or_none
+from ..util import check_count, length_or_none
 from . import distributed
-from .devices import to_device, tree_map
+from .devices import leaves, named_leaves, to_device, tree_map
 from .loader_options import SeededIndices, WorkerSeeded, batch_seed, build_loader
 
 if TYPE_CHECKING:
@@ -167,15 +167,8 @@ class TensorBatches:
         return to_device(tree_map(lambda t: t[first], self.data), self.device)
 
 
-def leaves(tree: Any) -> list[torch.Tensor]:
-    """The tensors inside tuples, lists and dicts, in order."""
-    found: list[torch.Tensor] = []
-    tree_map(found.append, tree)
-    return found
-
-
 def first_leaf(tree: Any) -> torch.Tensor:
-    return leaves(tree)[0]
+    return next(leaves(tree))
 
 
 class OrderedBatchSampler(Sampler[list[int]]):
@@ -372,7 +365,7 @@ def make_batches(
     """
     from .fast_loader import IndexedLoaderBatches, fast_path  # it builds on TensorBatches
 
-    check_positive_int("batch_size", batch_size)
+    check_count("batch_size", batch_size)
     rank, world_size, _ = distributed.world()
     shards = (rank, world_size, role == "train") if shard and world_size > 1 else None
     options = loader_options or {}
@@ -427,19 +420,9 @@ def _inputs_tree(inputs: Any, what: str) -> Any:
     return as_tensor(inputs, what)
 
 
-def _named_leaves(tree: Any, name: str) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(tree, torch.Tensor):
-        return [(name, tree)]
-    if isinstance(tree, dict):
-        return [leaf for key, value in tree.items() for leaf in _named_leaves(value, f"{name}[{key!r}]")]
-    if isinstance(tree, (tuple, list)):
-        return [leaf for i, value in enumerate(tree) for leaf in _named_leaves(value, f"{name}[{i}]")]
-    return []
-
-
 def _check_aligned(tree: Any, role: str) -> None:
     """One sample per row in every array, no NaN or Inf; errors name the array (X, y, X[0], ['labels'], ...)."""
-    named = _named_leaves(tree, "") if isinstance(tree, dict) else [*_named_leaves(tree[0], "X"), *_named_leaves(tree[1], "y")]
+    named = list(named_leaves(tree)) if isinstance(tree, dict) else [*named_leaves(tree[0], "X"), *named_leaves(tree[1], "y")]
     if not named:
         raise ValueError(f"{role} data holds no arrays")
     first_name, first = named[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -127,6 +127,24 @@ def tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
     if isinstance(tree, dict):
         return {key: tree_map(fn, value) for key, value in tree.items()}
     return tree
+
+
+def named_leaves(tree: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors inside tuples, lists and dicts (a PackedSequence, a Hugging Face output too), in order,
+    each named by its place: `name[0]`, `name['labels']`."""
+    if isinstance(tree, torch.Tensor):
+        yield name, tree
+    elif isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from named_leaves(value, f"{name}[{key!r}]")
+    elif isinstance(tree, (tuple, list)):
+        for i, value in enumerate(tree):
+            yield from named_leaves(value, f"{name}[{i}]")
+
+
+def leaves(tree: Any) -> Iterator[torch.Tensor]:
+    """The tensors of `named_leaves`, without their names."""
+    return (tensor for _, tensor in named_leaves(tree))
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -161,14 +161,15 @@ def lr_find(
     about 10 steps). `plot` writes the PNG there. With `step`, the test runs on the step's loss
     (see `doctor`); a failing step raises ValueError.
     """
+    from ..util import check_count, is_number
     from . import run
-    from .context import Settings, StepError, positive_int
+    from .context import Settings, StepError
     from .range_test import current_lr, range_test
     from .report import Skip
 
-    if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
+    if not (is_number(start_lr) and is_number(end_lr) and 0 < start_lr < end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr; received: start_lr={start_lr!r}, end_lr={end_lr!r}")
-    positive_int("num_steps", num_steps)
+    check_count("num_steps", num_steps)
     check_optimizer_args(optimizer, start_lr)  # the test sets every step's lr itself: "sgd" needs none here
     with run.session(model, data, loss, None, optimizer, None, batch_size, device, Settings(seed=seed), step) as ctx:
         if ctx.load_error is not None:

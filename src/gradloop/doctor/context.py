@@ -20,7 +20,7 @@ from ..data.devices import to_device
 from ..names.losses import LossFn, loss_task
 from ..names.optim import OptimizerSpec
 from ..step import Step, StepFn, StepResult, describe
-from ..util import first_line
+from ..util import check_count, first_line, is_number
 from .inputs import Arrays
 from .preserve import ModelSnapshot
 from .report import Skip
@@ -50,8 +50,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("overfit_steps", "overfit_samples", "lr_find_steps", "max_samples"):
-            positive_int(name, getattr(self, name))
-        if isinstance(self.overfit_lr, bool) or not isinstance(self.overfit_lr, (int, float)) or not self.overfit_lr > 0:
+            check_count(name, getattr(self, name))
+        if not is_number(self.overfit_lr) or not self.overfit_lr > 0:
             raise ValueError(f"overfit_lr must be a positive number; received: overfit_lr={self.overfit_lr!r}")
         self.overfit_lr = float(self.overfit_lr)
 
@@ -227,11 +227,6 @@ class Context:
             if "step(model, batch)" in str(err):  # the core's message about the value returned: it says how
                 raise StepError(first_line(err)) from err
             raise StepError(f"step(model, batch) raised {type(err).__name__} on a batch {describe(batch)}: {first_line(err)}") from err
-
-
-def positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received: {name}={value!r}")
 
 
 def _rows_of(y: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.batches import Batch, as_tensor
-from ..util import first_line
+from ..util import first_line, length_or_none
 
 RAW_BATCHES = 16  # batches kept when the inputs cannot be stacked into one tensor
 
@@ -86,10 +86,7 @@ def _read_loader(loader: DataLoader, role: str, max_samples: int) -> Arrays:
         raise DataError(f"reading the {role} data failed at batch {len(xs)}: {type(err).__name__}: {first_line(err)}") from None
     if count == 0:
         raise DataError(f"{role} data is empty: it needs at least one sample")
-    try:
-        total: int | None = len(loader.dataset)  # type: ignore[arg-type]
-    except TypeError:  # an IterableDataset without __len__
-        total = None
+    total = length_or_none(loader.dataset)
     note = f"first {count} of {total} samples" if total is not None and count < total else ""
     stackable = all(isinstance(x, torch.Tensor) for x in xs) and (
         all(isinstance(y, torch.Tensor) for y in ys) or all(y is None for y in ys)

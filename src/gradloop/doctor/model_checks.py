@@ -12,9 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..checks import fit_problem
+from ..checks import loss_problem
 from ..step import describe
-from ..util import first_line
 from .context import Context
 from .report import Check, Skip, Status, dtype_of
 
@@ -70,7 +69,7 @@ def check_output(ctx: Context) -> Check:
 def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
     """What keeps the outputs from being trained against `y` with the loss, and the fix; None if nothing.
 
-    The output/target rules of known losses are the core's (`checks.fit_problem`). With a step, `out`
+    The loss's rules are the core's (`checks.loss_problem`, in the Trainer's words). With a step, `out`
     and `y` are its "outputs" and "targets"; without a loss to judge them by, they need only be
     tensors with one row per sample alike."""
     if ctx.step is not None:
@@ -87,23 +86,8 @@ def output_problem(ctx: Context, out: Any, y: Any) -> str | None:
             )
         if ctx.loss_fn is None:
             return None
-    if not isinstance(out, torch.Tensor):
-        return f"the model returns a {type(out).__name__}, not a tensor: return the output tensor (e.g. a HuggingFace model's .logits)"
     assert ctx.loss_fn is not None
-    problem = fit_problem(out, y, ctx.loss_name, "train", getattr(ctx.loss_fn, "ignore_index", None))
-    if problem:
-        return problem
-    try:
-        loss = ctx.loss_fn(out, y)
-    except Exception as err:
-        return (
-            f"the loss fails on outputs {describe(out)} and targets {describe(y)}: {type(err).__name__}: {first_line(err)}; "
-            "make the outputs and targets fit the loss (see its documentation)"
-        )
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = describe(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        return f"the loss returns {got}, not a scalar: reduce it to a scalar, e.g. with .mean()"
-    return None
+    return loss_problem(ctx.loss_fn, ctx.loss_name, out, y, "train")
 
 
 def _last_module(ctx: Context, x: Any, y: Any) -> tuple[str, nn.Module | None, Any, Any]:

@@ -17,9 +17,9 @@ from ..data.devices import resolve_device, to_device
 from ..names.losses import CLASS_INDEX_LOSSES, LossFn, resolve_loss
 from ..names.optim import OptimizerSpec
 from ..step import StepFn
-from ..util import first_line, preserved_rng
+from ..util import check_count, first_line, preserved_rng
 from . import data_checks, model_checks, training_checks
-from .context import Context, Settings, StepError, positive_int
+from .context import Context, Settings, StepError
 from .inputs import DataError, read
 from .preserve import ModelSnapshot
 from .range_test import check_lr
@@ -55,7 +55,7 @@ def session(
     the step's "outputs" compare with its "targets", for the checks that look at them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
-    positive_int("batch_size", batch_size)
+    check_count("batch_size", batch_size)
     if step is not None and not callable(step):
         raise TypeError(f"step must be a function (model, batch) -> loss or dict with 'loss'; received: step={step!r}")
     # Without a step, loss=None is refused by resolve_loss; a loss module of a known class has its name.

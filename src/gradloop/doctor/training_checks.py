@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..checks import eval_mode
+from ..data.devices import leaves
 from .context import Context
 from .inputs import length
 from .report import Check, Skip, listed
@@ -128,16 +129,16 @@ def _hooks(model: nn.Module, trace: _Trace) -> Iterator[None]:
 
     def pre(module: nn.Module, inputs: Any) -> None:
         stack.append(names[module])
-        for tensor in _tensors(inputs):
+        for tensor in leaves(inputs):
             watch_grad(tensor, names[module], "in")
 
     def post(module: nn.Module, inputs: Any, output: Any) -> None:
         name = names[module]
         if stack and stack[-1] == name:
             stack.pop()
-        outputs = list(_tensors(output))
+        outputs = list(leaves(output))
         if not all(_finite(t) for t in outputs):
-            trace.forward.append((name, module, all(_finite(t) for t in _tensors(inputs)), stack[-1] if stack else ""))
+            trace.forward.append((name, module, all(_finite(t) for t in leaves(inputs)), stack[-1] if stack else ""))
         for tensor in outputs:
             watch_grad(tensor, name, "out")
 
@@ -218,17 +219,6 @@ def check_overfit(ctx: Context) -> Check:
 def _eval_loss(ctx: Context, x: Any, y: Any) -> float:
     with torch.no_grad(), eval_mode(ctx.model):
         return float(ctx.loss_of(x, y))
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..util import did_you_mean
+from ..util import did_you_mean, is_number
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -64,7 +64,7 @@ def check_optimizer_args(spec: Any, lr: Any, options: dict[str, Any] | None = No
     """The checks every place that takes an optimizer makes (Trainer, doctor, command line):
     a positive `lr`, a known name (with did-you-mean), a learning rate for SGD, `options` only
     with a name. Raises ValueError or TypeError naming the value and the fix."""
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
+    if lr is not None and (not is_number(lr) or not lr > 0):
         raise ValueError(f"lr must be a positive number; received: lr={lr!r}")
     if isinstance(spec, str):
         name = spec.lower()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..util import pid_alive
+from ..util import host_name, pid_alive
 
 LOCK_NAME = ".lock"
 _WRITING_GRACE_S = 2.0  # an empty lock file younger than this is being written by its owner
@@ -47,7 +46,7 @@ class Owner:
     @classmethod
     def current(cls) -> "Owner":
         pid = os.getpid()
-        return cls(pid, socket.gethostname(), _boot_id(), _proc_stat(pid)[1], time.time(), secrets.token_hex(8))
+        return cls(pid, host_name(), _boot_id(), _proc_stat(pid)[1], time.time(), secrets.token_hex(8))
 
     @classmethod
     def parse(cls, text: str) -> "Owner | None":
@@ -72,7 +71,7 @@ class Owner:
 
     def is_gone(self) -> bool | None:
         """True: that process has ended; False: it runs; None: it is on another host (cannot tell)."""
-        if self.host != socket.gethostname():
+        if self.host != host_name():
             return None
         if self.boot_id is not None and _boot_id() not in (None, self.boot_id):
             return True  # the machine rebooted since

@@ -34,7 +34,7 @@ import torch
 
 from ..callbacks.base import CallbackList
 from ..trainer import Trainer
-from ..util import preserved_rng, rng_state, set_rng_state
+from ..util import check_count, preserved_rng, rng_state, set_rng_state
 from .compare import first_divergence, leaf_differences, state_differences
 from .recording import Interrupted, Recorder
 from .report import Difference, ResumeCheckResult, summarize
@@ -64,9 +64,8 @@ def check_resume(
     """
     if not callable(trainer_factory):
         raise TypeError(f"trainer_factory must be a function that returns a fresh gl.Trainer; received {trainer_factory!r}")
-    for name, value in (("steps", steps), ("interrupt_at", interrupt_at)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None; received: {name}={value!r}")
+    check_count("steps", steps, optional=True)
+    check_count("interrupt_at", interrupt_at, optional=True)
     if steps is not None and steps < 2:
         raise ValueError(f"steps must be at least 2, so that a run can be interrupted between them; received: steps={steps}")
     if steps is not None and interrupt_at is not None and interrupt_at >= steps:

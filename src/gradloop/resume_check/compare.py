@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..util import is_number
 from .recording import Fingerprint, Record, fingerprint
 from .report import Difference
 
@@ -134,7 +135,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _number_diff(a: Any, b: Any) -> float | None:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if is_number(a) and is_number(b):
         return abs(float(a) - float(b)) if not (math.isnan(a) or math.isnan(b)) else math.inf
     return None
 

@@ -16,12 +16,13 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 
 from ..callbacks.base import Callback
+from ..data.devices import named_leaves
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -42,18 +43,6 @@ def fingerprint(tensor: torch.Tensor, keep: bool) -> Fingerprint:
     raw = cpu.reshape(-1).view(torch.uint8) if cpu.numel() else torch.empty(0, dtype=torch.uint8)
     digest = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).digest()
     return Fingerprint(tuple(cpu.shape), cpu.dtype, digest, cpu.clone() if keep else None)
-
-
-def named_tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors in nested tuples, lists and dicts (a Hugging Face output too), named by their place."""
-    if isinstance(value, torch.Tensor):
-        yield name, value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from named_tensors(item, f"{name}[{key!r}]")
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            yield from named_tensors(item, f"{name}[{i}]")
 
 
 def rng_fingerprints() -> dict[str, Fingerprint]:
@@ -138,14 +127,14 @@ class Recorder(Callback):
             where = (state.epoch, state.batch_in_epoch)
             call = self._calls.get(where, 0)
             self._calls[where] = call + 1
-            values = dict(named_tensors(list(args), "input"))
-            values.update(named_tensors(kwargs, "input"))
+            values = dict(named_leaves(list(args), "input"))
+            values.update(named_leaves(kwargs, "input"))
             self._add(("forward", *where, call), values)
             self.records[-1].values.update(rng_fingerprints())  # as the forward begins: what dropout and sampling draw from
 
     def _on_forward_outputs(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if module.training and self.records and self.records[-1].key[0] == "forward":
-            for name, tensor in named_tensors(output, "output"):
+            for name, tensor in named_leaves(output, "output"):
                 self.records[-1].values[name] = self._fingerprint(tensor)
 
     def _add(self, key: tuple[Any, ...], tensors: dict[str, torch.Tensor]) -> None:

@@ -14,8 +14,9 @@ from dataclasses import asdict
 from html import escape
 from typing import Any, Sequence
 
+from ...callbacks.monitor import infer_mode
 from ...persistence.verification import size_text
-from ..summary import NOT_METRICS, best_epoch, fmt, metric_mode
+from ..summary import NOT_METRICS, best_epoch, fmt
 from . import charts
 from .collect import RunData
 
@@ -130,7 +131,7 @@ def _metrics(runs: Sequence[RunData]) -> str:
     names = dict.fromkeys(k for r in runs for row in r.rows for k, v in row.items() if k not in NOT_METRICS and isinstance(v, float))
     rows = []
     for name in names:
-        mode = metric_mode(name)
+        mode = infer_mode(name, "auto", fallback="min")
         bests = [best_epoch(r.rows, name) for r in runs]
         finite = [b[1] for b in bests if b is not None]
         winner = (min if mode == "min" else max)(finite) if len(runs) > 1 and finite else None
