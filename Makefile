@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 # Code lines of src/gradloop (tools/loc.py): size is a budget; raising it is a decision.
-LOC_BUDGET := 9500
+LOC_BUDGET := 9000
 
 .PHONY: demo test lint bench docs clean
 
