@@ -18,6 +18,7 @@ from ..data.devices import resolve_precision
 from ..names.losses import resolve_loss
 from ..names.metrics import resolve_metric
 from ..names.optim import check_optimizer_args
+from ..trainer import STRATEGIES
 from ..util import did_you_mean
 from .errors import UsageError
 from .tomlfile import apply_overrides, dumps_toml, read_toml
@@ -131,6 +132,9 @@ class TrainConfig(_Section):
     grad_clip_norm: float | None = Field(None, gt=0.0, description="clip the total gradient norm to this value (logged as grad_norm)")
     accumulate_grad_batches: int = Field(1, ge=1, description="batches whose gradients are summed into one optimizer step")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (unset: torch's choice)")
+    strategy: Literal[STRATEGIES] = Field(  # gl.Trainer's names
+        "auto", description='under torchrun: "auto" or "ddp" (DistributedDataParallel), "fsdp" (FSDP2, sharded checkpoints)'
+    )
     compile: bool | dict[str, Any] = Field(
         False, description='true, or a table of torch.compile options: {mode = "max-autotune"}; checkpoints keep the plain keys'
     )

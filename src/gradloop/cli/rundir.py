@@ -54,6 +54,9 @@ class RunDir:
         self.created: list[Path] = []  # directories made here, innermost first
 
     def create(self) -> None:
+        """Makes the directory; under torchrun rank 0 alone creates and discards (every rank writes into it)."""
+        if not distributed.is_rank_zero():
+            return
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,8 @@ class RunDir:
 
     def discard(self) -> None:
         """Removes what this process created: the whole run dir if it made it, else its files."""
+        if not distributed.is_rank_zero():
+            return
         if self.path in self.created:
             shutil.rmtree(self.path, ignore_errors=True)
             for parent in self.created[1:]:

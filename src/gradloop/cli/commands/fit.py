@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ...data import distributed
 from ...util import first_line
 from ..config import Config, load_config, validate
 from ..demo import demo_config
@@ -39,19 +40,25 @@ def demo(overrides: Sequence[str] = (), run_dir: str | None = None) -> int:
 
 
 def start(config: Config, stem: str, run_dir: str | None, search_paths: Sequence[Path] = ()) -> int:
+    """Under torchrun every rank trains into the one `--run-dir`; rank 0 alone checks it, writes the
+    settings and prints."""
+    if distributed.is_distributed() and not run_dir:
+        raise UsageError("under torchrun every rank writes to one run directory: name it with --run-dir DIR")
     target = Path(run_dir) if run_dir else default_run_dir(stem)
-    check_new_run_dir(target)
+    if distributed.is_rank_zero():
+        check_new_run_dir(target)
     recorder = _recorder(target, search_paths)
     session = build(config, run_dir=target, search_paths=search_paths, extra_callbacks=[recorder])
     run = RunDir(target)
     run.create()
-    try:
-        (target / CONFIG_FILE).write_text(session.config.to_toml())
-        session.data.spec.save(target / DATA_FILE)
-    except OSError as err:
-        run.discard()
-        raise UsageError(f"run directory {str(target)!r} cannot be written: {err.strerror}") from None
-    _print_header(session, target)
+    if distributed.is_rank_zero():
+        try:
+            (target / CONFIG_FILE).write_text(session.config.to_toml())
+            session.data.spec.save(target / DATA_FILE)
+        except OSError as err:
+            run.discard()
+            raise UsageError(f"run directory {str(target)!r} cannot be written: {err.strerror}") from None
+        _print_header(session, target)
     return train(session, run, recorder, resume=None)
 
 
@@ -63,9 +70,10 @@ def resume(run_dir: str, max_epochs: int | None = None) -> int:
         config = config.model_copy(update={"train": config.train.model_copy(update={"max_epochs": max_epochs})})
     recorder = _recorder(path, saved.search_paths)
     session = build(config, run_dir=path, spec=saved.spec, search_paths=saved.search_paths, extra_callbacks=[recorder])
-    if max_epochs is not None:
-        (path / CONFIG_FILE).write_text(session.config.to_toml())
-    _print_header(session, path)
+    if distributed.is_rank_zero():
+        if max_epochs is not None:
+            (path / CONFIG_FILE).write_text(session.config.to_toml())
+        _print_header(session, path)
     return train(session, RunDir(path), recorder, resume="last")
 
 
@@ -101,6 +109,8 @@ def train(session: Session, run: RunDir, recorder: RunRecorder, resume: str | No
         print(f"gradloop: error: training failed ({error}); {what_now}", file=sys.stderr)
         return 1
     recorder.finish(status_for(trainer.stop_reason), stop_reason=trainer.stop_reason)
+    if not distributed.is_rank_zero():
+        return 0
     if resume and epochs_before and len(history.epochs) <= epochs_before:
         print(
             f"nothing to train: the run already has its {len(history.epochs)} epochs "
