@@ -2,6 +2,7 @@
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,27 +75,30 @@ def run_cli(capsys, *args):
     return code, captured.out, captured.err
 
 
+def sigterm_at(step):
+    """A callback that sends this process SIGTERM after the batch that ends at global step `step`."""
+    import gradloop as gl
+
+    class SigtermAt(gl.Callback):
+        def on_train_batch_end(self, trainer, loss):
+            if trainer.state.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SigtermAt()
+
+
 def straight_and_resumed(make_model, make_trainer, make_train, stop_step, tmp_path, **fit_options):
     """Trains once straight through and once stopped by SIGTERM at `stop_step` then resumed, each from a
     fresh `make_model()`, trainer (`make_trainer(model, run_dir, callbacks)`) and training data
     (`make_train()`, called once per fit); returns (straight model, resumed model, resumed trainer)."""
-    import os
-    import signal
 
     import pytest
-
-    import gradloop as gl
-
-    class StopAt(gl.Callback):
-        def on_train_batch_end(self, trainer, loss):
-            if trainer.state.global_step == stop_step:
-                os.kill(os.getpid(), signal.SIGTERM)
 
     straight_model = make_model()
     make_trainer(straight_model, tmp_path / "straight", []).fit(make_train(), **fit_options)
     run = tmp_path / "interrupted"
     with pytest.raises(SystemExit):
-        make_trainer(make_model(), run, [StopAt()]).fit(make_train(), **fit_options)
+        make_trainer(make_model(), run, [sigterm_at(stop_step)]).fit(make_train(), **fit_options)
     resumed_model = make_model()
     resumed = make_trainer(resumed_model, run, [])
     resumed.fit(make_train(), resume="last", **fit_options)

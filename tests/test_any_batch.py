@@ -2,8 +2,6 @@
 
 import copy
 import csv
-import os
-import signal
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import gradloop as gl
+from helpers import sigterm_at
 
 N, FEATURES, CLASSES = 96, 5, 3
 
@@ -213,15 +212,6 @@ def test_step_values_accumulate_like_a_larger_batch():
     assert h_small["l1"][0] == pytest.approx(h_large["l1"][0], rel=1e-6)
 
 
-class StopAt(gl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, loss):
-        if trainer.state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_step_resumes_mid_epoch_bit_identically(tmp_path):
     X1, _, _ = data()
     torch.manual_seed(0)
@@ -233,7 +223,7 @@ def test_a_step_resumes_mid_epoch_bit_identically(tmp_path):
     straight_model = copy.deepcopy(model)
     straight = make(straight_model, tmp_path / "straight").fit((X1, X1), batch_size=16)
     with pytest.raises(SystemExit):
-        make(copy.deepcopy(model), tmp_path / "run", [StopAt(8)]).fit((X1, X1), batch_size=16)
+        make(copy.deepcopy(model), tmp_path / "run", [sigterm_at(8)]).fit((X1, X1), batch_size=16)
     resumed_model = copy.deepcopy(model)
     resumed = make(resumed_model, tmp_path / "run").fit((X1, X1), batch_size=16, resume="last")
     assert same_weights(straight_model, resumed_model)

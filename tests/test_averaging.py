@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import gradloop as gl
 from gradloop.callbacks.averaging import _average_in
 from gradloop.persistence import checkpoint
+from helpers import sigterm_at
 
 N, FEATURES, CLASSES, BATCH = 50, 6, 3, 8  # 7 batches, the last of 2 (BatchNorm needs 2 in train mode)
 
@@ -154,15 +154,6 @@ def test_model_safetensors_holds_the_average_only_with_evaluate(tmp_path, evalua
         assert history["val_loss"][-1] == trainer.validate((X, y), batch_size=BATCH)["val_loss"]
 
 
-class SendSignalAt(gl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, loss):
-        if trainer.state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def without_time(history):
     return [{k: v for k, v in e.items() if k != "time"} for e in history.epochs]
 
@@ -174,7 +165,7 @@ def interrupted_and_resumed(tmp_path, make_callback, stop_step, **kwargs):
     runs = []
     for name, stop in (("straight", None), ("interrupted", stop_step)):
         callback, raw = make_callback(), RawWeights()
-        extra = [SendSignalAt(stop)] if stop is not None else []
+        extra = [sigterm_at(stop)] if stop is not None else []
         trainer = trainer_for(make_model(), [callback, raw, *extra], run_dir=tmp_path / name, **kwargs)
         if stop is None:
             trainer.fit((X, y), val=val, batch_size=BATCH)

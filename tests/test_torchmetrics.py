@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from torch import nn
 
 import gradloop as gl
 from gradloop.names import metric_objects
-from helpers import free_port
+from helpers import free_port, sigterm_at
 
 torchmetrics = pytest.importorskip("torchmetrics")
 metrics_sk = pytest.importorskip("sklearn.metrics")
@@ -132,15 +131,6 @@ def test_outputs_that_do_not_fit_the_metric_are_named_before_training() -> None:
         gl.Trainer(model(), metrics=[torchmetrics.MetricCollection([MulticlassF1Score(3)])])
 
 
-class SendSignalAt(gl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, loss):
-        if trainer.state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def resumable_trainer(net: nn.Module, run_dir: Path, extra: list[gl.Callback]) -> gl.Trainer:
     metrics = [MulticlassF1Score(3, average="macro"), MulticlassAUROC(3), "accuracy"]  # a sum state and a cat state
     return gl.Trainer(net, lr=3e-3, metrics=metrics, max_epochs=3, seed=7, run_dir=run_dir, callbacks=extra, default_callbacks=False)
@@ -155,7 +145,7 @@ def test_resume_mid_epoch_is_bit_identical_with_torchmetrics(tmp_path: Path, sto
     straight = resumable_trainer(straight_net, tmp_path / "straight", []).fit((X, y), val=(Xv, yv), batch_size=16)
 
     with pytest.raises(SystemExit):
-        resumable_trainer(copy.deepcopy(net), tmp_path / "cut", [SendSignalAt(stop_step)]).fit((X, y), val=(Xv, yv), batch_size=16)
+        resumable_trainer(copy.deepcopy(net), tmp_path / "cut", [sigterm_at(stop_step)]).fit((X, y), val=(Xv, yv), batch_size=16)
     saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
     partial = saved["resume_point"]["metrics"]["objects"]
     assert partial["multiclass_f1score"]["update_count"] == stop_step % 7 and partial["multiclass_auroc"]["states"]["preds"]
